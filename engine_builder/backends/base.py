@@ -1,0 +1,114 @@
+"""The backend interface: ``Backend.build(fp32 graph, calibration patches, precision, options) -> Engine``.
+
+A backend compiles the FP32 network into an engine for one runtime; for INT8 it quantizes with the
+runtime vendor's own quantizer inside ``build``. An ``Engine`` runs batches of ROI patches and saves itself
+into an engine directory (the manifest around it is written by ``artifact``).
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..spec import ModelSpec
+
+
+@dataclass
+class FP32Graph:
+    """The FP32 network in the forms backends consume: the torch module and its ONNX export."""
+
+    spec: ModelSpec
+    network: torch.nn.Module
+    onnx_path: Path
+    batch_size: int = 1
+
+
+@dataclass
+class BuildOptions:
+    """Options every backend understands; backend-specific ones go in ``extra``.
+
+    Attributes:
+        method: activation range estimator name (backend-specific set, see ``Backend.methods``).
+        max_drop: with INT8, keep the most harmful operations in float until the agreement drop is at most this.
+        threads: CPU threads for the runtime (None: all).
+        device: ``cpu`` or ``cuda`` for backends that have both.
+        keep_float: node names to leave unquantized.
+    """
+
+    method: str | None = None
+    max_drop: float | None = None
+    threads: int | None = None
+    device: str = "cpu"
+    keep_float: tuple[str, ...] = ()
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine(abc.ABC):
+    """A compiled network for fixed-size ROI batches."""
+
+    backend: str
+    precision: str
+    batch_size: int
+
+    @abc.abstractmethod
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Logits ``(b, classes, *roi)`` float32 for a batch ``(b, C, *roi)`` float32, ``b <= batch_size``."""
+
+    def infer_torch(self, batch: torch.Tensor) -> torch.Tensor:
+        """``infer`` for torch tensors (what MONAI's sliding window hands over)."""
+        return torch.from_numpy(self.infer(batch.detach().cpu().numpy()))
+
+    @abc.abstractmethod
+    def save(self, folder: Path) -> list[str]:
+        """Write the engine's files into ``folder``; return their names."""
+
+    def runtime_report(self) -> dict[str, Any]:
+        """What really runs: e.g. per-precision counts of executed layers. Empty when unknown."""
+        return {}
+
+    def kept_in_float(self) -> list[str]:
+        """Names of quantizable operations that stay in floating point (INT8 engines)."""
+        return []
+
+
+class Backend(abc.ABC):
+    """A runtime that turns an ``FP32Graph`` into an ``Engine``."""
+
+    name: str
+    precisions: tuple[str, ...]
+    methods: tuple[str, ...] = ()
+    default_method: str | None = None
+
+    @abc.abstractmethod
+    def version(self) -> str:
+        """The runtime library version (part of the engine cache key)."""
+
+    @abc.abstractmethod
+    def build(self, graph: FP32Graph, calibration_patches: np.ndarray | None, precision: str, options: BuildOptions,
+              held_out_patches: np.ndarray | None = None) -> Engine:
+        """Compile (and for INT8 quantize) ``graph``."""
+
+    @abc.abstractmethod
+    def load(self, folder: Path, manifest: dict, options: BuildOptions) -> Engine:
+        """Load an engine saved by ``Engine.save`` into ``folder``."""
+
+
+def pad_batch(batch: np.ndarray, batch_size: int) -> np.ndarray:
+    """Zero-pad a partial batch up to the engine's static batch size."""
+    if len(batch) == batch_size:
+        return batch
+    padded = np.zeros((batch_size, *batch.shape[1:]), dtype=batch.dtype)
+    padded[: len(batch)] = batch
+    return padded
+
+
+def folder_size(folder: str | os.PathLike, names: list[str]) -> int:
+    """Bytes of the named files in ``folder``."""
+    return sum(os.path.getsize(Path(folder) / n) for n in names)

@@ -1,0 +1,165 @@
+"""OpenVINO on the CPU: FP32 (f32 precision hint), bf16 (where the CPU has it) and INT8 quantized by NNCF.
+
+Why OpenVINO + NNCF and not ONNX Runtime: measured on 2 cores (docs/benchmarks, ENVIRONMENT.md), NNCF's
+INT8 OpenVINO model runs MONAI UNet/SegResNet/nnU-Net windows 5-15x faster than torch FP32, while ONNX
+Runtime INT8 is no faster than FP32; and the quantizer must be the runtime's own (OpenVINO running another
+tool's Q/DQ placement is 2-9x slower). NNCF quantizes the OpenVINO model (FakeQuantize nodes), which the CPU
+plugin fuses into int8 convolutions: weights per-channel symmetric, activations per-tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import PTQError
+from .base import Backend, BuildOptions, Engine, FP32Graph, pad_batch
+from .privacy import disable_telemetry
+
+disable_telemetry()
+import openvino as ov  # noqa: E402
+
+log = logging.getLogger(__name__)
+MODEL_FILE = "model.xml"
+WEIGHTS_FILE = "model.bin"
+
+# NNCF's activation range estimators, by the name the CLI exposes.
+METHODS = {
+    "minmax": "MINMAX",
+    "mean_minmax": "MEAN_MINMAX",
+    "median_minmax": "MEDIAN_MINMAX",
+    "mean_no_outliers_minmax": "MEAN_NO_OUTLIERS_MINMAX",
+    "percentile": "MEAN_QUANTILE",
+    "histogram": "HISTOGRAM",
+}
+
+
+def cpu_has_bf16() -> bool:
+    """True when OpenVINO's CPU plugin offers bf16 inference (AMX or AVX512-BF16)."""
+    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "BF16" in capabilities
+
+
+class OpenVINOEngine(Engine):
+    backend = "openvino"
+
+    def __init__(self, model, precision: str, batch_size: int, threads: int | None = None):
+        self.model = model
+        self.precision = precision
+        self.batch_size = batch_size
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = core.compile_model(model, "CPU", config)
+        self._request = self.compiled.create_infer_request()
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        n = len(batch)
+        result = self._request.infer({0: pad_batch(np.ascontiguousarray(batch, dtype=np.float32), self.batch_size)})
+        return np.array(result[0][:n], dtype=np.float32, copy=True)
+
+    def save(self, folder: Path) -> list[str]:
+        ov.save_model(self.model, str(Path(folder) / MODEL_FILE), compress_to_fp16=False)  # FP32 stays FP32
+        return [MODEL_FILE, WEIGHTS_FILE]
+
+    def runtime_report(self) -> dict:
+        """Executed layers per runtime precision, from the compiled model (what really runs)."""
+        by_precision: Counter = Counter()
+        convolutions: Counter = Counter()
+        for op in self.compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            precision = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "?"
+            layer_type = info["layerType"].astype(str) if "layerType" in info else op.get_type_name()
+            if layer_type in ("Input", "Output", "Parameter", "Result", "Const", "Constant"):
+                continue
+            by_precision[precision] += 1
+            if layer_type in ("Convolution", "Deconvolution"):
+                convolutions[precision] += 1
+        return {"layers_by_precision": dict(by_precision), "convolutions_by_precision": dict(convolutions)}
+
+    def kept_in_float(self) -> list[str]:
+        """Convolutions of the saved model with no FakeQuantize on their data input."""
+        if self.precision != "int8":
+            return []
+        kept = []
+        for op in self.model.get_ordered_ops():
+            if op.get_type_name() in ("Convolution", "ConvolutionBackpropData", "GroupConvolution"):
+                source = op.input_value(0).get_node()
+                if source.get_type_name() != "FakeQuantize":
+                    kept.append(op.get_friendly_name())
+        return kept
+
+
+class OpenVINOBackend(Backend):
+    name = "openvino"
+    precisions = ("int8", "fp32", "bf16")
+    methods = tuple(METHODS)
+    default_method = "minmax"
+
+    def version(self) -> str:
+        import nncf
+
+        return f"openvino {ov.__version__.split('-')[0]}, nncf {nncf.__version__}"
+
+    def build(self, graph: FP32Graph, calibration_patches, precision: str, options: BuildOptions,
+              held_out_patches=None) -> Engine:
+        if precision not in self.precisions:
+            raise PTQError(f"backend openvino builds {', '.join(self.precisions)}, not '{precision}'")
+        if precision == "bf16" and not cpu_has_bf16():
+            raise PTQError("this CPU has no bf16 support (AMX/AVX512-BF16): build fp32 or int8 instead")
+        model = ov.Core().read_model(str(graph.onnx_path))
+        if precision == "int8":
+            if calibration_patches is None or len(calibration_patches) == 0:
+                raise PTQError("INT8 needs calibration patches: pass --calib FOLDER")
+            model = self._quantize(model, graph, calibration_patches, held_out_patches, options)
+        return OpenVINOEngine(model, precision, graph.batch_size, options.threads)
+
+    def load(self, folder: Path, manifest: dict, options: BuildOptions) -> Engine:
+        model = ov.Core().read_model(str(Path(folder) / MODEL_FILE))
+        return OpenVINOEngine(model, manifest["precision"], int(manifest["batch_size"]), options.threads)
+
+    def _quantize(self, model, graph: FP32Graph, calibration_patches, held_out_patches, options: BuildOptions):
+        import nncf
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+        method = options.method or self.default_method
+        if method not in METHODS:
+            raise PTQError(f"unknown calibration method '{method}' for openvino: choose one of {', '.join(METHODS)}")
+        batches = _batches(calibration_patches, graph.batch_size)
+        advanced = AdvancedQuantizationParameters(
+            activations_range_estimator_params=getattr(RangeEstimatorParametersSet, METHODS[method]))
+        common = dict(preset=nncf.QuantizationPreset.PERFORMANCE, target_device=nncf.TargetDevice.CPU,
+                      subset_size=len(batches), ignored_scope=_ignored(options.keep_float))
+        if options.max_drop is None:
+            return nncf.quantize(model, nncf.Dataset(batches), advanced_parameters=advanced, **common)
+        if held_out_patches is None or len(held_out_patches) == 0:
+            raise PTQError("--max-drop needs held-out calibration patches: use a calibration folder with more volumes or patches")
+        reference = OpenVINOEngine(model, "fp32", graph.batch_size, options.threads)
+        validation = [(b, reference.infer(b).argmax(1)) for b in _batches(held_out_patches, graph.batch_size)]
+
+        def agreement(compiled_model, items) -> float:
+            """Label-free metric: share of voxels whose argmax equals the FP32 argmax."""
+            scores = [float((compiled_model(batch)[0].argmax(1) == labels).mean()) for batch, labels in items]
+            return float(np.mean(scores))
+
+        return nncf.quantize_with_accuracy_control(
+            model, nncf.Dataset(batches), nncf.Dataset(validation, lambda item: item[0]), agreement,
+            max_drop=float(options.max_drop), drop_type=nncf.DropType.ABSOLUTE,
+            advanced_quantization_parameters=advanced, **common)
+
+
+def _batches(patches: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    return [pad_batch(patches[i : i + batch_size], batch_size) for i in range(0, len(patches), batch_size)]
+
+
+def _ignored(names):
+    if not names:
+        return None
+    import nncf
+
+    return nncf.IgnoredScope(names=list(names), validate=False)

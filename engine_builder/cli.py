@@ -1,0 +1,280 @@
+"""``ptqseg``: build INT8 engines, segment volumes, show manifests, run the demo and the benchmark.
+
+Thin over ``pipeline``, ``inference`` and ``demo``; errors are one line and exit code 2 (a traceback
+only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import PTQError
+
+log = logging.getLogger("ptqseg")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s: %(message)s")
+    for noisy in ("nncf", "openvino"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except PTQError as exc:
+        if args.debug:
+            raise
+        print(f"ptqseg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ptqseg: interrupted (no engine was written)", file=sys.stderr)
+        return 130
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ptqseg", description="Real INT8 engines for 3D medical segmentation networks.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    build = sub.add_parser("build", help="calibrate on a folder of unlabeled volumes and build an engine")
+    build.add_argument("--model", required=True, help="registry name (see 'ptqseg models')")
+    build.add_argument("--weights", help="state-dict file for the model (default: the model's own weights)")
+    build.add_argument("--calib", help="folder of unlabeled volumes (NIfTI, NRRD, DICOM), searched recursively")
+    build.add_argument("--out", required=True, help="engine directory to write")
+    build.add_argument("--precision", default="int8", help="int8 (default), fp32, bf16 (openvino), fp16 (torch on CUDA)")
+    build.add_argument("--backend", default="openvino", help="openvino (default, CPU) or torch")
+    build.add_argument("--method", help="activation range estimator (openvino: minmax, mean_minmax, percentile, ...)")
+    build.add_argument("--max-drop", type=float, help="keep harmful layers in float until INT8 agreement drops at most this")
+    build.add_argument("--keep-float", nargs="*", default=[], help="node names to leave unquantized")
+    build.add_argument("--batch", type=int, default=1, help="windows per engine call (static batch)")
+    build.add_argument("--patches", type=int, default=8, help="calibration patches per volume")
+    build.add_argument("--min-agreement", type=float, default=0.98, help="warn when INT8 agrees with FP32 less than this")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--threads", type=int)
+    build.add_argument("--device", default="cpu")
+    build.add_argument("--cache", help="cache folder (default $PTQSEG_CACHE or ~/.cache/ptqsegment)")
+    build.add_argument("--random-init", action="store_true", help="random weights (speed measurements only)")
+    build.add_argument("--quiet", action="store_true", help="no progress bars")
+    build.set_defaults(func=cmd_build)
+
+    segment = sub.add_parser("segment", help="segment a volume, a DICOM series or a folder with a built engine")
+    segment.add_argument("--engine", required=True, help="engine directory from 'ptqseg build'")
+    segment.add_argument("--input", required=True, help="volume file, DICOM series folder, or folder of volumes")
+    segment.add_argument("--output", required=True, help="label file (.nii.gz, .nrrd, ...) or output folder")
+    segment.add_argument("--threads", type=int)
+    segment.add_argument("--device", default="cpu")
+    segment.add_argument("--json", help="write timings and label volumes here")
+    segment.add_argument("--quiet", action="store_true")
+    segment.set_defaults(func=cmd_segment)
+
+    info = sub.add_parser("info", help="show an engine's manifest")
+    info.add_argument("engine")
+    info.add_argument("--json", action="store_true", help="the whole manifest as JSON")
+    info.set_defaults(func=cmd_info)
+
+    models = sub.add_parser("models", help="list the model registry")
+    models.set_defaults(func=cmd_models)
+
+    demo = sub.add_parser("demo", help="build FP32 and INT8 engines of the demo model and segment a volume")
+    demo.add_argument("--input", help="a CT volume (default: a synthetic phantom)")
+    demo.add_argument("--calib", help="calibration folder (default: synthetic phantoms)")
+    demo.add_argument("--workdir", default="ptqseg-demo", help="where engines and outputs go")
+    demo.add_argument("--repeats", type=int, default=5, help="repeats of the per-window timing")
+    demo.add_argument("--json", help="write the figures here")
+    demo.add_argument("--threads", type=int)
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="torch FP32 vs OpenVINO FP32/bf16/INT8, per window and per whole volume")
+    bench.add_argument("--models", nargs="*", default=["demo", "unet", "segresnet"])
+    bench.add_argument("--volume", help="whole-volume input (default: the chest CT in ../shared/data if present)")
+    bench.add_argument("--calib", help="calibration folder (default: synthetic phantoms)")
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--volume-repeats", type=int, default=3)
+    bench.add_argument("--out", default="docs/benchmarks", help="folder for the markdown table and the chart")
+    bench.add_argument("--json", help="write the figures here")
+    bench.add_argument("--threads", type=int)
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def cmd_build(args) -> int:
+    from .pipeline import BuildRequest, build_engine
+
+    request = BuildRequest(model=args.model, calib=args.calib, weights=args.weights, backend=args.backend,
+                           precision=args.precision, method=args.method, max_drop=args.max_drop, batch_size=args.batch,
+                           patches_per_volume=args.patches, seed=args.seed, min_agreement=args.min_agreement,
+                           keep_float=tuple(args.keep_float), threads=args.threads, device=args.device,
+                           allow_random_weights=args.random_init, progress=not args.quiet)
+    result = build_engine(request, out=args.out, cache_root=args.cache)
+    print(("reused cached engine " if result.cache_hit else "built engine ") + str(result.engine_dir))
+    print(describe_manifest(result.manifest))
+    return 0
+
+
+def cmd_segment(args) -> int:
+    from .inference import segment_file
+    from .pipeline import open_engine
+
+    engine, spec, manifest = open_engine(args.engine, threads=args.threads, device=args.device)
+    source, target = Path(args.input), Path(args.output)
+    if source.is_dir() and not _is_dicom_folder(source):
+        return _segment_folder(source, target, engine, spec, args)
+    result = segment_file(source, target, engine, spec, progress=not args.quiet)
+    print(f"wrote {target}: {result.windows} windows, {result.total_ms / 1e3:.2f} s")
+    print(timings_table(result.timings_ms))
+    if args.json:
+        _write_json(args.json, {"engine": str(args.engine), "input": str(source), "output": str(target),
+                                "latency_ms": result.timings_ms, "total_ms": result.total_ms, "windows": result.windows,
+                                "label_volumes_ml": label_volumes_ml(result)})
+    return 0
+
+
+def _is_dicom_folder(folder: Path) -> bool:
+    from .io import dicom_series_files
+
+    return bool(dicom_series_files(folder))
+
+
+def _segment_folder(source: Path, target: Path, engine, spec, args) -> int:
+    """Segment every volume under ``source`` into ``target``; skip finished outputs, go on after failures."""
+    from tqdm import tqdm
+
+    from .calibration import find_volumes
+    from .inference import segment_file
+
+    volumes, _ = find_volumes(source)
+    if not volumes:
+        raise PTQError(f"no volume found in {source}")
+    done, failed, skipped, records = 0, [], 0, []
+    for path in tqdm(volumes, desc="volumes", unit="vol", disable=args.quiet):
+        relative = path.relative_to(source)
+        name = str(relative).replace("/", "_") if path.is_dir() else _stem(relative.name)
+        output = target / (str(relative.parent / name) if not path.is_dir() else name)
+        output = output.with_name(output.name + "_seg.nii.gz")
+        if output.exists():
+            skipped += 1
+            continue
+        try:
+            result = segment_file(path, output, engine, spec)
+        except PTQError as exc:
+            failed.append((str(relative), str(exc)))
+            log.error("%s: %s", relative, exc)
+            continue
+        done += 1
+        records.append({"input": str(relative), "output": str(output), "latency_ms": result.timings_ms,
+                        "total_ms": result.total_ms})
+    print(f"segmented {done}, skipped {skipped} already done, failed {len(failed)}")
+    for name, reason in failed:
+        print(f"  failed: {name}: {reason}")
+    if args.json:
+        _write_json(args.json, {"segmented": records, "skipped": skipped, "failed": [list(f) for f in failed]})
+    return 1 if failed else 0
+
+
+def _stem(name: str) -> str:
+    from .io import VOLUME_SUFFIXES
+
+    for suffix in VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def cmd_info(args) -> int:
+    from .artifact import read_manifest
+
+    manifest = read_manifest(args.engine)
+    print(json.dumps(manifest, indent=2) if args.json else describe_manifest(manifest))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models import registry
+
+    for name, spec in sorted(registry().items()):
+        print(f"{name:12s} {spec.architecture.rsplit('.', 1)[-1]:10s} {len(spec.labels):4d} labels  "
+              f"roi {'x'.join(map(str, spec.roi_size))}  {spec.spacing_mm[0]:g} mm  weights: {spec.weights.kind}  {spec.description}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    figures = run_demo(args.workdir, input_path=args.input, calib=args.calib, repeats=args.repeats,
+                       threads=args.threads, progress=not args.quiet)
+    if args.json:
+        _write_json(args.json, figures)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_benchmark
+
+    figures = run_benchmark(models=args.models, volume=args.volume, calib=args.calib, repeats=args.repeats,
+                            volume_repeats=args.volume_repeats, out_dir=args.out, threads=args.threads)
+    if args.json:
+        _write_json(args.json, figures)
+    return 0
+
+
+def describe_manifest(manifest: dict) -> str:
+    """A human summary: what runs, sizes, agreement, what stayed in float."""
+    sizes = manifest["sizes"]
+    lines = [
+        f"model      {manifest['spec']['name']} ({manifest['spec']['architecture'].rsplit('.', 1)[-1]}, "
+        f"{len(manifest['spec']['labels'])} labels)",
+        f"backend    {manifest['backend']} ({manifest['backend_version']}), precision {manifest['precision']}, "
+        f"batch {manifest['batch_size']}",
+        f"size       {sizes['engine_bytes'] / 1e6:.2f} MB engine vs {sizes['fp32_onnx_bytes'] / 1e6:.2f} MB FP32 "
+        f"({sizes['engine_bytes'] / sizes['fp32_onnx_bytes']:.2f}x)",
+    ]
+    runs = manifest.get("runs_as", {}).get("convolutions_by_precision")
+    if runs:
+        lines.append("runs as    convolutions " + ", ".join(f"{n} {p}" for p, n in sorted(runs.items())))
+    calibration = manifest.get("calibration")
+    if calibration and calibration.get("method"):
+        lines.append(f"calibrated {calibration['method']} on {calibration['patches']} patches from "
+                     f"{len(calibration['sources'])} volumes (set {calibration['set_hash'][:12]})")
+    accuracy = manifest.get("accuracy")
+    if accuracy:
+        lines.append(f"agreement  {accuracy['argmax_agreement']:.4f} argmax vs FP32 on {accuracy['patches']} held-out patches, "
+                     f"logits rel. L2 {accuracy['logits_relative_l2']:.4f}" + ("" if accuracy["passed"] else "  (BELOW threshold)"))
+    if manifest.get("kept_in_float"):
+        lines.append(f"in float   {len(manifest['kept_in_float'])} ops: {', '.join(manifest['kept_in_float'][:6])}"
+                     + (" ..." if len(manifest["kept_in_float"]) > 6 else ""))
+    lines.append(f"built in   {manifest['build_seconds']:.1f} s on {manifest['machine']['cpu']}")
+    return "\n".join(lines)
+
+
+def timings_table(timings_ms: dict[str, float]) -> str:
+    from .evaluate import markdown_table
+
+    rows = [[stage, f"{ms:.0f}"] for stage, ms in timings_ms.items()] + [["total", f"{sum(timings_ms.values()):.0f}"]]
+    return markdown_table(["stage", "ms"], rows)
+
+
+def label_volumes_ml(result) -> dict[str, float]:
+    import numpy as np
+
+    counts = np.bincount(result.labels.array.ravel(), minlength=len(result.spec.labels))
+    voxel_ml = abs(np.linalg.det(result.labels.affine[:3, :3])) / 1000.0
+    return {label.name: round(float(counts[label.value] * voxel_ml), 2) for label in result.spec.labels if label.value}
+
+
+def _write_json(path: str, figures: dict) -> None:
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(figures, indent=2, default=float))
+    except OSError as exc:
+        raise PTQError(f"cannot write {path} ({exc.strerror})") from None
+    print(f"figures written to {target}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

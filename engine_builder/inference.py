@@ -1,0 +1,140 @@
+"""Whole-volume inference: preprocess -> sliding window over an engine -> argmax -> back to the input grid.
+
+Every stage is timed (milliseconds) and returned with the label map. Two choices keep the stages
+around the network cheap once it is INT8:
+- argmax is a running maximum over channels (one pass per class, uint8/uint16 labels), several times
+  faster than ``torch.argmax`` over a class-first float volume;
+- the logits volume (classes x network grid, float32) is bounded: above ``max_logits_bytes`` the grid is
+  cut into slabs along its last axis, each inferred with MONAI's ``sliding_window_inference`` with a margin
+  of half a window on each inner side and only its core kept, so memory grows with the slab, not the volume.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .backends.base import Engine
+from .io import Volume, read_volume, write_volume
+from .preprocess import background_value, labels_to_input_grid, preprocess
+from .spec import ModelSpec
+
+DEFAULT_MAX_LOGITS_BYTES = 1 << 30
+
+
+@dataclass
+class Segmentation:
+    """A label map on the input grid, the spec it came from, and per-stage timings in ms."""
+
+    labels: Volume
+    spec: ModelSpec
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    windows: int = 0
+
+    @property
+    def total_ms(self) -> float:
+        return float(sum(self.timings_ms.values()))
+
+
+class StageTimer:
+    """Collects wall-clock milliseconds per named stage."""
+
+    def __init__(self, timings: dict[str, float] | None = None):
+        self.timings = timings if timings is not None else {}
+
+    @contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + (time.perf_counter() - start) * 1e3
+
+
+def label_dtype(n_labels: int) -> np.dtype:
+    """The smallest unsigned type that holds label values 0..n_labels-1."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if n_labels - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError(f"{n_labels} labels do not fit in 32 bits")
+
+
+def running_argmax(logits: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    """argmax over dim 0 of (C, ...) logits as a running maximum; ties go to the lower label like argmax."""
+    best = logits[0].clone()
+    labels = torch.zeros(logits.shape[1:], dtype=torch.int32 if dtype != np.uint8 else torch.uint8)
+    for channel in range(1, logits.shape[0]):
+        better = logits[channel] > best
+        torch.maximum(best, logits[channel], out=best)
+        labels.masked_fill_(better, channel)
+    return labels.numpy().astype(dtype, copy=False)
+
+
+def count_windows(shape, roi, overlap: float) -> int:
+    """Number of sliding windows MONAI visits for a grid of ``shape``."""
+    total = 1
+    for size, window in zip(shape, roi):
+        size = max(size, window)
+        step = max(int(window * (1 - overlap)), 1)
+        total *= max(math.ceil((size - window) / step), 0) + 1
+    return total
+
+
+def predict_labels(image: torch.Tensor, engine: Engine, spec: ModelSpec, timer: StageTimer,
+                   max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES, progress: bool = False) -> np.ndarray:
+    """Labels on the network grid for a preprocessed (C, X, Y, Z) image."""
+    from monai.inferers import sliding_window_inference
+
+    n_classes = len(spec.labels)
+    dtype = label_dtype(n_classes)
+    depth = image.shape[-1]
+    plane_bytes = n_classes * image.shape[1] * image.shape[2] * 4
+    margin = spec.roi_size[2] // 2
+    core = max(spec.roi_size[2], max_logits_bytes // plane_bytes - 2 * margin)
+    labels = np.empty(image.shape[1:], dtype=dtype)
+    for start in range(0, depth, core):
+        stop = min(start + core, depth)
+        lo, hi = (max(start - margin, 0), min(stop + margin, depth)) if core < depth else (0, depth)
+        with timer.stage("inference"), torch.inference_mode():
+            logits = sliding_window_inference(
+                image[None, :, :, :, lo:hi], spec.roi_size, engine.batch_size, engine.infer_torch,
+                overlap=spec.overlap, mode="gaussian", padding_mode="constant",
+                cval=background_value(spec.intensity), progress=progress)
+        with timer.stage("argmax"):
+            slab = logits[0].as_tensor() if hasattr(logits, "as_tensor") else logits[0]
+            labels[..., start:stop] = running_argmax(slab[..., start - lo : stop - lo], dtype)
+        del logits
+    return labels
+
+
+def segment_volume(volume: Volume, engine: Engine, spec: ModelSpec, timings: dict | None = None,
+                   max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES, progress: bool = False) -> Segmentation:
+    """Segment an in-memory volume (what Slicer hands over) and map the labels back to its grid."""
+    timer = StageTimer(timings)
+    with timer.stage("preprocess"):
+        prepared = preprocess(volume, spec)
+    network_labels = predict_labels(prepared.image, engine, spec, timer, max_logits_bytes, progress)
+    with timer.stage("inverse_resample"):
+        labels = labels_to_input_grid(network_labels, prepared.affine, volume.shape, volume.affine)
+    windows = count_windows(prepared.image.shape[1:], spec.roi_size, spec.overlap)
+    return Segmentation(Volume(labels, volume.affine.copy()), spec, timer.timings, windows)
+
+
+def segment_file(input_path: str | Path, output_path: str | Path, engine: Engine, spec: ModelSpec,
+                 max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES, progress: bool = False) -> Segmentation:
+    """File (or DICOM folder) in, label file out; timings include reading and writing."""
+    timer = StageTimer()
+    with timer.stage("read"):
+        volume = read_volume(input_path)
+    result = segment_volume(volume, engine, spec, timer.timings, max_logits_bytes, progress)
+    with timer.stage("write"):
+        write_volume(result.labels, output_path)
+    order = ("read", "preprocess", "inference", "argmax", "inverse_resample", "write")
+    result.timings_ms = {k: timer.timings[k] for k in order if k in timer.timings}
+    return result

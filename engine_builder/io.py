@@ -1,0 +1,152 @@
+"""Read and write volumes with their geometry: files in, ``Volume(array, affine)`` out.
+
+One reader for every format: SimpleITK. It reads NIfTI, NRRD, MetaImage and DICOM series (through GDCM)
+into one image model with spacing, origin and a full direction matrix, it is the ITK that 3D Slicer
+itself is built on (so geometry agrees with what Slicer shows), it ships as a single self-contained wheel,
+and its DICOM series reader sorts slices by position. MONAI's ``LoadImage`` would dispatch to several
+readers (nibabel, ITK, pydicom) with different conventions per format; one reader means one convention.
+
+Convention inside engine_builder (the nibabel/MONAI one): ``array`` is indexed ``[i, j, k]`` and ``affine``
+maps ``(i, j, k, 1)`` to RAS millimetres. ITK works in LPS; the conversion happens here and only here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import PTQError
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass
+class Volume:
+    """A 3D scalar image: ``array[i, j, k]`` and the 4x4 ``affine`` voxel -> RAS (mm)."""
+
+    array: np.ndarray
+    affine: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.affine = np.asarray(self.affine, dtype=np.float64)
+        if self.array.ndim != 3:
+            raise PTQError(f"a 3D volume is needed, got an array of {self.array.ndim} dimensions {self.array.shape}")
+        if self.affine.shape != (4, 4) or abs(np.linalg.det(self.affine[:3, :3])) < 1e-12:
+            raise PTQError("the affine must be an invertible 4x4 voxel-to-RAS matrix")
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]:
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape)
+
+
+def is_volume_file(path: str | os.PathLike) -> bool:
+    """True for a file whose name says it is a volume format this reader handles."""
+    return str(path).lower().endswith(VOLUME_SUFFIXES)
+
+
+def dicom_series_files(folder: str | os.PathLike) -> list[str]:
+    """The files of the largest DICOM series directly in ``folder`` (empty when there is none)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader
+    series = reader.GetGDCMSeriesIDs(str(folder)) or ()
+    files = [reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series]
+    return list(max(files, key=len)) if files else []
+
+
+def read_volume(path: str | os.PathLike) -> Volume:
+    """Read a NIfTI/NRRD/MetaImage file or a DICOM series folder.
+
+    Raises PTQError with the file name for a missing, unreadable, non-3D or multi-component image.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.exists():
+        raise PTQError(f"input not found: {path}")
+    try:
+        if path.is_dir():
+            files = dicom_series_files(path)
+            if not files:
+                raise PTQError(f"{path} is a folder with no DICOM series in it: pass a volume file or a DICOM series folder")
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(files)
+            image = reader.Execute()
+        else:
+            if not is_volume_file(path):
+                raise PTQError(f"{path.name}: not a supported volume format (use {', '.join(VOLUME_SUFFIXES)} or a DICOM folder)")
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:  # ITK reports unreadable files as RuntimeError
+        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+        raise PTQError(f"{path.name}: cannot be read as an image ({first_line[:160]}); is the file complete and uncorrupted?") from None
+    return _to_volume(image, path.name)
+
+
+def _to_volume(image, name: str) -> Volume:
+    import SimpleITK as sitk
+
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise PTQError(f"{name}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar 3D volume is needed")
+    if image.GetDimension() != 3:
+        raise PTQError(f"{name}: is a {image.GetDimension()}D image; a 3D volume is needed (one 3D scan, not a slice or a time series)")
+    size = image.GetSize()
+    if min(size) < 2:
+        raise PTQError(f"{name}: has size {size}, a single slice; a 3D volume is needed")
+    array = sitk.GetArrayViewFromImage(image).transpose(2, 1, 0).copy()  # ITK [k, j, i] -> [i, j, k]
+    return Volume(array, geometry_to_affine(image.GetSpacing(), image.GetOrigin(), image.GetDirection()))
+
+
+def geometry_to_affine(spacing, origin, direction) -> np.ndarray:
+    """ITK (LPS) spacing/origin/direction -> voxel-to-RAS affine."""
+    lps = np.eye(4)
+    lps[:3, :3] = np.asarray(direction, dtype=np.float64).reshape(3, 3) * np.asarray(spacing, dtype=np.float64)
+    lps[:3, 3] = origin
+    return _LPS_TO_RAS @ lps
+
+
+def affine_to_geometry(affine: np.ndarray) -> tuple[tuple, tuple, tuple]:
+    """Voxel-to-RAS affine -> ITK (LPS) spacing, origin, direction."""
+    lps = _LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    direction = lps[:3, :3] / spacing
+    return tuple(spacing.tolist()), tuple(lps[:3, 3].tolist()), tuple(direction.ravel().tolist())
+
+
+def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> None:
+    """Write ``volume`` as NIfTI/NRRD/MetaImage (by suffix), atomically (temporary file, then rename).
+
+    Raises PTQError when the folder is not writable.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not is_volume_file(path):
+        raise PTQError(f"output {path}: use a volume suffix ({', '.join(VOLUME_SUFFIXES)})")
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PTQError(f"output folder {folder} cannot be created ({exc.strerror}): choose a writable path") from None
+    if not os.access(folder, os.W_OK):
+        raise PTQError(f"output folder {folder} is not writable: choose a writable path")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array.transpose(2, 1, 0)))
+    spacing, origin, direction = affine_to_geometry(volume.affine)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    suffix = next(s for s in VOLUME_SUFFIXES if str(path).lower().endswith(s))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial{suffix}")
+    try:
+        sitk.WriteImage(image, str(tmp), useCompression=compress)
+        os.replace(tmp, path)
+    except (RuntimeError, OSError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise PTQError(f"cannot write {path}: {str(exc).strip().splitlines()[-1][:160]}") from None

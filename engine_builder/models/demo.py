@@ -1,0 +1,46 @@
+"""The project's demo model: a small MONAI UNet trained on synthetic CT phantoms and a few real CTs.
+
+DEMO ONLY, NOT FOR CLINICAL USE. It exists so that every part of the pipeline (calibration, INT8
+quantization, whole-volume inference) can be shown and tested on a network with meaningful weights,
+because no pretrained weights can be downloaded where this project is built. It is trained by
+``scripts/train_demo_model.py`` (committed), and its weights ship in ``weights/demo_unet.pt``.
+"""
+
+from ..spec import Intensity, Label, ModelSpec, WeightsSource
+
+DEMO_LABELS = (
+    Label(0, "background", (0, 0, 0)),
+    Label(1, "liver", (221, 130, 101), "SCT^10200004^Liver"),
+    Label(2, "spleen", (157, 108, 162), "SCT^78961009^Spleen"),
+    Label(3, "kidney_left", (185, 102, 83), "SCT^64033007^Kidney"),
+    Label(4, "kidney_right", (185, 102, 83), "SCT^64033007^Kidney"),
+    Label(5, "stomach", (216, 132, 105), "SCT^69695003^Stomach"),
+    Label(6, "lung", (197, 165, 145), "SCT^39607008^Lung"),
+    Label(7, "bone", (241, 214, 145), "SCT^272673000^Bone"),
+)
+
+DEMO = ModelSpec(
+    name="demo",
+    description="Demo abdominal/thoracic CT model (small MONAI UNet, 3 mm). Demo only, not for clinical use.",
+    architecture="monai.networks.nets.UNet",
+    arch_args=dict(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=len(DEMO_LABELS),
+        channels=(16, 32, 64, 128),
+        strides=(2, 2, 2),
+        num_res_units=2,
+        norm="instance",
+    ),
+    labels=DEMO_LABELS,
+    roi_size=(96, 96, 96),
+    spacing_mm=(3.0, 3.0, 3.0),
+    orientation="RAS",
+    intensity=Intensity(kind="window", a_min=-1000.0, a_max=1000.0, b_min=0.0, b_max=1.0),
+    overlap=0.25,
+    weights=WeightsSource(kind="packaged", path="demo_unet.pt"),
+    modality="CT",
+    clinical_use=False,
+)
+
+SPECS = (DEMO,)

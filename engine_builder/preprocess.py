@@ -1,0 +1,105 @@
+"""Spec -> MONAI preprocessing, and its exact inverse for the predicted label map.
+
+Forward (MONAI transforms): reorient to the spec's axis codes, resample to the spec's spacing
+(bilinear), normalise intensities. Inverse: every voxel of the *input* grid takes the label of the
+nearest voxel of the network grid. The result therefore has exactly the input's shape and affine by
+construction, with no second resampling of the image. When the two grids differ only by axis
+permutation, flips and scaling (every reorient + respacing does), the nearest-voxel map is separable
+and costs one fancy index; an oblique pair of grids falls back to a slab-wise general mapping.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .io import Volume
+from .spec import Intensity, ModelSpec
+
+
+@dataclass
+class Preprocessed:
+    """The network-grid image: ``image`` (1, X, Y, Z) float32 tensor and its voxel -> RAS ``affine``."""
+
+    image: torch.Tensor
+    affine: np.ndarray
+
+
+def preprocess(volume: Volume, spec: ModelSpec) -> Preprocessed:
+    """Reorient, resample to ``spec.spacing_mm`` and normalise ``volume`` (MONAI transforms)."""
+    from monai.data import MetaTensor
+    from monai.transforms import Orientation, Spacing
+
+    image = MetaTensor(torch.from_numpy(np.asarray(volume.array, dtype=np.float32))[None], affine=torch.from_numpy(volume.affine))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # MONAI's notice about Orientation's label default
+        image = Orientation(axcodes=spec.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S")))(image)
+    if not np.allclose(volume.spacing_mm, spec.spacing_mm, rtol=1e-3):
+        image = Spacing(pixdim=spec.spacing_mm, mode="bilinear", padding_mode="border")(image)
+    affine = image.affine.numpy().astype(np.float64)
+    tensor = normalize(image.as_tensor().float(), spec.intensity)
+    return Preprocessed(tensor.contiguous(), affine)
+
+
+def normalize(image: torch.Tensor, intensity: Intensity) -> torch.Tensor:
+    """Intensity normalisation of the spec (MONAI ScaleIntensityRange / NormalizeIntensity)."""
+    from monai.transforms import NormalizeIntensity, ScaleIntensityRange
+
+    if intensity.kind == "window":
+        return ScaleIntensityRange(intensity.a_min, intensity.a_max, intensity.b_min, intensity.b_max, clip=True)(image)
+    return NormalizeIntensity(nonzero=True)(image)
+
+
+def background_value(intensity: Intensity) -> float:
+    """The normalised value of air/empty space: used to pad patches and small volumes."""
+    return float(intensity.b_min) if intensity.kind == "window" else 0.0
+
+
+def foreground_threshold(intensity: Intensity) -> float:
+    """Normalised value above which a voxel is body rather than air (-500 HU for CT windows)."""
+    if intensity.kind != "window":
+        return 0.0
+    fraction = (-500.0 - intensity.a_min) / (intensity.a_max - intensity.a_min)
+    return float(intensity.b_min + np.clip(fraction, 0.0, 1.0) * (intensity.b_max - intensity.b_min))
+
+
+def labels_to_input_grid(labels: np.ndarray, labels_affine: np.ndarray, input_shape, input_affine: np.ndarray) -> np.ndarray:
+    """Nearest-neighbour map of ``labels`` (network grid) onto the input grid (shape and affine of the input).
+
+    Input voxels whose centre falls outside the network grid get label 0.
+    """
+    voxel_map = np.linalg.inv(labels_affine) @ np.asarray(input_affine, dtype=np.float64)  # input ijk -> label ijk
+    padded = np.pad(labels, 1)  # a zero border: out-of-grid indices are clipped onto it
+    permutation = _axis_permutation(voxel_map[:3, :3])
+    if permutation is not None:
+        index = []
+        for input_axis, label_axis in enumerate(permutation):
+            positions = voxel_map[label_axis, input_axis] * np.arange(input_shape[input_axis]) + voxel_map[label_axis, 3]
+            index.append(np.clip(np.rint(positions).astype(np.int64) + 1, 0, padded.shape[label_axis] - 1))
+        return padded.transpose(permutation)[np.ix_(*index)]
+    return _general_map(padded, voxel_map, input_shape)
+
+
+def _axis_permutation(linear: np.ndarray, tol: float = 1e-6):
+    """For a scaled permutation matrix, ``perm[input_axis] = label_axis``; None when oblique."""
+    nonzero = np.abs(linear) > tol * np.abs(linear).max()
+    if not (nonzero.sum(axis=0) == 1).all() or not (nonzero.sum(axis=1) == 1).all():
+        return None
+    return tuple(int(np.argmax(nonzero[:, a])) for a in range(3))
+
+
+def _general_map(padded: np.ndarray, voxel_map: np.ndarray, input_shape, slab: int = 8) -> np.ndarray:
+    out = np.empty(input_shape, dtype=padded.dtype)
+    ii, jj = np.meshgrid(np.arange(input_shape[0]), np.arange(input_shape[1]), indexing="ij")
+    limits = np.array(padded.shape)[:, None] - 1
+    for k0 in range(0, input_shape[2], slab):
+        ks = np.arange(k0, min(k0 + slab, input_shape[2]))
+        grid = np.stack([np.repeat(ii[..., None], len(ks), 2), np.repeat(jj[..., None], len(ks), 2),
+                         np.broadcast_to(ks, ii.shape + (len(ks),))]).reshape(3, -1)
+        mapped = voxel_map[:3, :3] @ grid + voxel_map[:3, 3:4]
+        index = np.clip(np.rint(mapped).astype(np.int64) + 1, 0, limits)
+        out[:, :, ks] = padded[index[0], index[1], index[2]].reshape(input_shape[0], input_shape[1], len(ks))
+    return out

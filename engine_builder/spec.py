@@ -1,0 +1,162 @@
+"""ModelSpec: everything about a segmentation model that is data, not code.
+
+A spec names the network (a MONAI class and its constructor arguments), the patch the network sees
+(ROI size in voxels, target spacing in mm, orientation), how intensities are normalised, the labels
+(name, colour, optional terminology) and where pretrained weights come from. Preprocessing, export,
+calibration, the engine manifest and the Slicer segment table are all derived from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from .errors import PTQError
+
+
+@dataclass(frozen=True)
+class Label:
+    """One output channel of the network.
+
+    Attributes:
+        value: the voxel value in the label map (also the channel index).
+        name: a short machine-readable name (``liver``).
+        color: RGB in 0..255.
+        terminology: optional DICOM/SNOMED triple ``"SCT^10200004^Liver"`` for Slicer's terminology.
+    """
+
+    value: int
+    name: str
+    color: tuple[int, int, int] = (128, 128, 128)
+    terminology: str | None = None
+
+
+@dataclass(frozen=True)
+class Intensity:
+    """Intensity normalisation.
+
+    ``kind="window"``: clip to [a_min, a_max] (HU for CT) and scale linearly to [b_min, b_max].
+    ``kind="zscore"``: subtract the mean and divide by the standard deviation of the non-zero voxels (MR).
+    """
+
+    kind: str = "window"
+    a_min: float = -1000.0
+    a_max: float = 1000.0
+    b_min: float = 0.0
+    b_max: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("window", "zscore"):
+            raise PTQError(f"unknown intensity normalisation '{self.kind}': use 'window' or 'zscore'")
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where pretrained weights come from.
+
+    kind: ``packaged`` (a file shipped inside engine_builder/models/weights), ``monai_bundle`` (downloaded
+    with ``monai.bundle.download``; ``path`` is the file inside the bundle) or ``none`` (the user passes
+    ``--weights``). ``sha256`` pins the expected file where known.
+    """
+
+    kind: str = "none"
+    name: str = ""
+    path: str = ""
+    sha256: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A segmentation model as data. See the module docstring."""
+
+    name: str
+    description: str
+    architecture: str
+    arch_args: Mapping[str, Any]
+    labels: tuple[Label, ...]
+    roi_size: tuple[int, int, int] = (96, 96, 96)
+    spacing_mm: tuple[float, float, float] = (1.5, 1.5, 1.5)
+    orientation: str = "RAS"
+    intensity: Intensity = field(default_factory=Intensity)
+    overlap: float = 0.25
+    weights: WeightsSource = field(default_factory=WeightsSource)
+    modality: str = "CT"
+    clinical_use: bool = False
+
+    def __post_init__(self) -> None:
+        values = [label.value for label in self.labels]
+        if values != list(range(len(values))):
+            raise PTQError(f"model '{self.name}': label values must be 0..N-1 in order, got {values}")
+        if self.out_channels != len(self.labels):
+            raise PTQError(
+                f"model '{self.name}': the network has {self.out_channels} output channels but {len(self.labels)} labels"
+            )
+
+    @property
+    def out_channels(self) -> int:
+        args = dict(self.arch_args)
+        return int(args.get("out_channels", len(self.labels)))
+
+    @property
+    def in_channels(self) -> int:
+        return int(dict(self.arch_args).get("in_channels", 1))
+
+    @property
+    def label_names(self) -> list[str]:
+        return [label.name for label in self.labels]
+
+    def build_network(self):
+        """Instantiate the torch network (random weights), in eval mode."""
+        module_name, _, class_name = self.architecture.rpartition(".")
+        network_class = getattr(importlib.import_module(module_name), class_name)
+        return network_class(**_plain(self.arch_args)).eval()
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ModelSpec":
+        data = dict(data)
+        data["labels"] = tuple(
+            Label(value=l["value"], name=l["name"], color=tuple(l["color"]), terminology=l.get("terminology"))
+            for l in data["labels"]
+        )
+        data["roi_size"] = tuple(data["roi_size"])
+        data["spacing_mm"] = tuple(data["spacing_mm"])
+        data["intensity"] = Intensity(**data["intensity"])
+        data["weights"] = WeightsSource(**data["weights"])
+        return cls(**data)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the spec's canonical JSON: part of the engine cache key."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """Tuples and mappings to JSON-friendly lists and dicts (specs are stored in manifests)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def labels_from_names(names: Sequence[str], colors: Mapping[str, tuple[int, int, int]] | None = None) -> tuple[Label, ...]:
+    """Labels 0..N-1 from names (``background`` first), with colours from ``colors`` or a fixed palette."""
+    colors = colors or {}
+    return tuple(
+        Label(value=i, name=n, color=tuple(colors.get(n, _PALETTE[i % len(_PALETTE)])) if i else (0, 0, 0))
+        for i, n in enumerate(names)
+    )
+
+
+# A qualitative palette (distinct hues) for labels that have no colour of their own.
+_PALETTE = [
+    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
+    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128),
+]

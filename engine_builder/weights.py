@@ -1,0 +1,113 @@
+"""Load network weights safely: plain state dicts only (``torch.load(weights_only=True)``), never pickles.
+
+Understands the wrappers that common checkpoints put around a state dict (MONAI bundles' plain
+``model.pt``, Lightning/Ignite ``{"state_dict": ...}`` or ``{"model": ...}``, nnU-Net v2's
+``{"network_weights": ...}``) and DataParallel's ``module.`` prefix. A mismatch with the architecture names
+the missing and unexpected keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from pathlib import Path
+
+import torch
+
+from .errors import PTQError
+from .spec import ModelSpec
+
+PACKAGED_WEIGHTS = Path(__file__).parent / "models" / "weights"
+_WRAPPER_KEYS = ("state_dict", "model", "network_weights", "model_state_dict", "net")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_weights(spec: ModelSpec, weights: str | os.PathLike | None = None, download_dir: str | os.PathLike | None = None) -> Path:
+    """The weights file for ``spec``: the user's, the packaged one, or a downloaded MONAI bundle."""
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise PTQError(f"weights file {path} not found")
+        return path
+    source = spec.weights
+    if source.kind == "packaged":
+        path = PACKAGED_WEIGHTS / source.path
+        if not path.is_file():
+            raise PTQError(f"model '{spec.name}': its packaged weights {path.name} are missing from this installation; reinstall or pass --weights FILE")
+        return path
+    if source.kind == "monai_bundle":
+        return _download_bundle(spec, download_dir)
+    raise PTQError(f"model '{spec.name}' has no pretrained weights: pass --weights FILE (a state dict for {spec.architecture})")
+
+
+def _download_bundle(spec: ModelSpec, download_dir) -> Path:
+    """Download a MONAI model-zoo bundle (needs internet) and return the weights file inside it."""
+    from monai.bundle import download
+
+    bundle_dir = Path(download_dir or Path.home() / ".cache" / "ptqsegment" / "bundles")
+    target = bundle_dir / spec.weights.name / spec.weights.path
+    if not target.is_file():
+        try:
+            download(name=spec.weights.name, bundle_dir=str(bundle_dir), progress=True)
+        except Exception as exc:  # network errors come in many types
+            raise PTQError(f"model '{spec.name}': cannot download MONAI bundle '{spec.weights.name}' ({type(exc).__name__}); "
+                           "connect to the internet or pass --weights FILE") from None
+    if not target.is_file():
+        raise PTQError(f"MONAI bundle '{spec.weights.name}' has no {spec.weights.path}")
+    if spec.weights.sha256 and file_sha256(target) != spec.weights.sha256:
+        raise PTQError(f"MONAI bundle '{spec.weights.name}': {spec.weights.path} does not match the expected checksum")
+    return target
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A plain ``{name: tensor}`` dict from a checkpoint, refusing anything that needs unpickling code."""
+    path = Path(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise PTQError(f"{path.name} is not a plain state dict (it holds Python objects that would have to be unpickled: "
+                       f"{str(exc).splitlines()[0][:120]}); save it with torch.save(model.state_dict(), file)") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise PTQError(f"{path.name} cannot be read as a PyTorch checkpoint ({str(exc).splitlines()[0][:120]})") from None
+    for key in _WRAPPER_KEYS:
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise PTQError(f"{path.name} is not a state dict of tensors; save it with torch.save(model.state_dict(), file)")
+    return {k.removeprefix("module."): v for k, v in checkpoint.items()}
+
+
+def load_network(spec: ModelSpec, weights_path: str | os.PathLike | None) -> torch.nn.Module:
+    """``spec``'s network with the weights in ``weights_path`` (random init when None), in eval mode."""
+    network = spec.build_network()
+    if weights_path is None:
+        return network
+    state = load_state_dict(weights_path)
+    expected = network.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise PTQError(f"{Path(weights_path).name} does not fit model '{spec.name}': missing keys {_few(missing)}; "
+                       f"unexpected keys {_few(unexpected)}")
+    wrong = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise PTQError(f"{Path(weights_path).name} does not fit model '{spec.name}': {len(wrong)} tensors have other shapes "
+                       f"(e.g. {k}: {tuple(state[k].shape)} in the file, {tuple(expected[k].shape)} in the network)")
+    network.load_state_dict(state, strict=True)
+    return network.eval()
+
+
+def _few(keys: list[str], limit: int = 4) -> str:
+    if not keys:
+        return "none"
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
