@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import PTQError
 from .io import Volume, dicom_series_files, is_volume_file, read_volume
+from .progress import track
 from .preprocess import background_value, foreground_threshold, preprocess
 from .spec import ModelSpec
 
@@ -128,8 +129,6 @@ def build_calibration_set(folder: str | os.PathLike, spec: ModelSpec, patches_pe
     Unreadable images are reported by name and skipped; no usable volume is an error. The result is cached
     under ``cache_dir`` keyed by the set hash and the spec's preprocessing, so every backend reuses it.
     """
-    from tqdm import tqdm
-
     candidates, skipped = find_volumes(folder)
     if not candidates:
         names = ", ".join(name for name, _ in skipped[:5])
@@ -147,7 +146,7 @@ def build_calibration_set(folder: str | os.PathLike, spec: ModelSpec, patches_pe
 
     rng = np.random.default_rng(seed)
     all_patches, sources = [], []
-    for path in tqdm(candidates, desc="calibration volumes", unit="vol", disable=not progress):
+    for path in track(candidates, "calibration", enabled=progress, unit="vol"):
         name = str(path.relative_to(folder)) if path != Path(folder) else path.name
         try:
             volume = read_volume(path)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .errors import PTQError
+from .progress import emit
 
 log = logging.getLogger("ptqseg")
 
@@ -23,12 +24,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s: %(message)s")
     for noisy in ("nncf", "openvino"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from .progress import set_mode
+
+    set_mode(args.progress)
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        emit("done", status=status)
+        return status
     except PTQError as exc:
         if args.debug:
             raise
         print(f"ptqseg: error: {exc}", file=sys.stderr)
+        emit("error", message=str(exc))
         return 2
     except KeyboardInterrupt:
         print("ptqseg: interrupted (no engine was written)", file=sys.stderr)
@@ -38,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptqseg", description="Real INT8 engines for 3D medical segmentation networks.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--progress", choices=("tqdm", "json", "off"), default="tqdm",
+                        help="progress bars (tqdm), JSON lines on stdout for a parent process (json), or none")
     sub = parser.add_subparsers(dest="command", required=True)
 
     build = sub.add_parser("build", help="calibrate on a folder of unlabeled volumes and build an engine")
@@ -111,6 +120,7 @@ def cmd_build(args) -> int:
                            keep_float=tuple(args.keep_float), threads=args.threads, device=args.device,
                            allow_random_weights=args.random_init, progress=not args.quiet)
     result = build_engine(request, out=args.out, cache_root=args.cache)
+    emit("result", engine_dir=str(result.engine_dir), cache_hit=result.cache_hit, warnings=result.warnings)
     print(("reused cached engine " if result.cache_hit else "built engine ") + str(result.engine_dir))
     print(describe_manifest(result.manifest))
     return 0
@@ -125,6 +135,7 @@ def cmd_segment(args) -> int:
     if source.is_dir() and not _is_dicom_folder(source):
         return _segment_folder(source, target, engine, spec, args)
     result = segment_file(source, target, engine, spec, progress=not args.quiet)
+    emit("result", output=str(target), latency_ms=result.timings_ms, windows=result.windows)
     print(f"wrote {target}: {result.windows} windows, {result.total_ms / 1e3:.2f} s")
     print(timings_table(result.timings_ms))
     if args.json:
@@ -142,16 +153,15 @@ def _is_dicom_folder(folder: Path) -> bool:
 
 def _segment_folder(source: Path, target: Path, engine, spec, args) -> int:
     """Segment every volume under ``source`` into ``target``; skip finished outputs, go on after failures."""
-    from tqdm import tqdm
-
     from .calibration import find_volumes
     from .inference import segment_file
+    from .progress import track
 
     volumes, _ = find_volumes(source)
     if not volumes:
         raise PTQError(f"no volume found in {source}")
     done, failed, skipped, records = 0, [], 0, []
-    for path in tqdm(volumes, desc="volumes", unit="vol", disable=args.quiet):
+    for path in track(volumes, "volumes", enabled=not args.quiet, unit="vol"):
         relative = path.relative_to(source)
         name = str(relative).replace("/", "_") if path.is_dir() else _stem(relative.name)
         output = target / (str(relative.parent / name) if not path.is_dir() else name)

@@ -22,6 +22,7 @@ import torch
 
 from .backends.base import Engine
 from .io import Volume, read_volume, write_volume
+from .progress import Counter
 from .preprocess import background_value, labels_to_input_grid, preprocess
 from .spec import ModelSpec
 
@@ -98,18 +99,24 @@ def predict_labels(image: torch.Tensor, engine: Engine, spec: ModelSpec, timer: 
     margin = spec.roi_size[2] // 2
     core = max(spec.roi_size[2], max_logits_bytes // plane_bytes - 2 * margin)
     labels = np.empty(image.shape[1:], dtype=dtype)
+    counter = Counter("inference", count_windows(image.shape[1:], spec.roi_size, spec.overlap), enabled=progress)
+
+    def predictor(batch: torch.Tensor) -> torch.Tensor:
+        counter.step(len(batch))
+        return engine.infer_torch(batch)
+
     for start in range(0, depth, core):
         stop = min(start + core, depth)
         lo, hi = (max(start - margin, 0), min(stop + margin, depth)) if core < depth else (0, depth)
         with timer.stage("inference"), torch.inference_mode():
             logits = sliding_window_inference(
-                image[None, :, :, :, lo:hi], spec.roi_size, engine.batch_size, engine.infer_torch,
-                overlap=spec.overlap, mode="gaussian", padding_mode="constant",
-                cval=background_value(spec.intensity), progress=progress)
+                image[None, :, :, :, lo:hi], spec.roi_size, engine.batch_size, predictor,
+                overlap=spec.overlap, mode="gaussian", padding_mode="constant", cval=background_value(spec.intensity))
         with timer.stage("argmax"):
             slab = logits[0].as_tensor() if hasattr(logits, "as_tensor") else logits[0]
             labels[..., start:stop] = running_argmax(slab[..., start - lo : stop - lo], dtype)
         del logits
+    counter.close()
     return labels
 
 

@@ -28,6 +28,7 @@ from .errors import PTQError
 from .evaluate import agreement_report
 from .export import export_onnx
 from .models import get_spec
+from .progress import stage
 from .spec import ModelSpec
 from .weights import file_sha256, load_network, resolve_weights
 
@@ -130,10 +131,12 @@ def _build_into(target: Path, request: BuildRequest, spec: ModelSpec, backend, n
             graph = FP32Graph(spec, network, onnx_path, request.batch_size)
             calib = calibration.calibration if calibration is not None else None
             held_out = calibration.held_out if calibration is not None else None
-            engine = backend.build(graph, calib, request.precision, request.options(), held_out_patches=held_out)
+            with stage("quantize" if request.precision == "int8" else "compile"):
+                engine = backend.build(graph, calib, request.precision, request.options(), held_out_patches=held_out)
             files = engine.save(tmp)
             fp32_bytes = onnx_path.stat().st_size
-        accuracy, warnings = _accuracy_check(engine, network, calibration, spec, request)
+        with stage("accuracy_check"):
+            accuracy, warnings = _accuracy_check(engine, network, calibration, spec, request)
         manifest = {
             "format_version": FORMAT_VERSION,
             "engine_builder_version": __version__,

@@ -1,0 +1,23 @@
+"""MONAI UNet as in the MONAI model zoo's ``spleen_ct_segmentation`` bundle (CT, spleen).
+
+Weights: downloaded from the MONAI model zoo with ``monai.bundle.download`` when the machine has internet,
+or any state dict of the same architecture passed with ``--weights``.
+"""
+
+from ..spec import Intensity, Label, ModelSpec, WeightsSource
+
+UNET_SPLEEN = ModelSpec(
+    name="unet",
+    description="MONAI UNet, spleen CT (architecture and preprocessing of the MONAI spleen_ct_segmentation bundle)",
+    architecture="monai.networks.nets.UNet",
+    arch_args=dict(spatial_dims=3, in_channels=1, out_channels=2, channels=(16, 32, 64, 128, 256),
+                   strides=(2, 2, 2, 2), num_res_units=2, norm="batch"),
+    labels=(Label(0, "background", (0, 0, 0)), Label(1, "spleen", (157, 108, 162), "SCT^78961009^Spleen")),
+    roi_size=(96, 96, 96),
+    spacing_mm=(1.5, 1.5, 2.0),
+    intensity=Intensity(kind="window", a_min=-57.0, a_max=164.0, b_min=0.0, b_max=1.0),
+    overlap=0.25,
+    weights=WeightsSource(kind="monai_bundle", name="spleen_ct_segmentation", path="models/model.pt"),
+)
+
+SPECS = (UNET_SPLEEN,)
