@@ -246,6 +246,12 @@ def describe_manifest(manifest: dict) -> str:
     runs = manifest.get("runs_as", {}).get("convolutions_by_precision")
     if runs:
         lines.append("runs as    convolutions " + ", ".join(f"{n} {p}" for p, n in sorted(runs.items())))
+    layers = manifest.get("runs_as", {}).get("layers_by_precision")
+    if layers:
+        lines.append("runs as    layers " + ", ".join(f"{n} {p}" for p, n in sorted(layers.items())))
+    for note in ("int8_note", "layers_note"):  # TensorRT: what the engine has (not) confirmed about its precision
+        if manifest.get("runs_as", {}).get(note):
+            lines.append(f"note       {manifest['runs_as'][note]}")
     calibration = manifest.get("calibration")
     if calibration and calibration.get("method"):
         lines.append(f"calibrated {calibration['method']} on {calibration['patches']} patches from "

@@ -10,6 +10,8 @@ from .base import Backend, BuildOptions, Engine, FP32Graph
 _BACKENDS = {
     "openvino": "engine_builder.backends.openvino:OpenVINOBackend",
     "torch": "engine_builder.backends.torch_backend:TorchBackend",
+    "tensorrt": "engine_builder.backends.tensorrt:TensorRTBackend",
+    "tensorrt-rtx": "engine_builder.backends.tensorrt:TensorRTRTXBackend",
 }
 DEFAULT_BACKEND = "openvino"
 

@@ -1,6 +1,10 @@
-"""The PyTorch reference: the FP32 network in eager mode (CPU or CUDA), FP16 autocast on CUDA.
+"""The PyTorch reference: the FP32 network in eager mode (CPU or CUDA); the fast GPU path without TensorRT.
 
-It is what a user runs without this project, so it is the baseline every speed-up is measured against.
+FP32 (CPU or CUDA) is what a user runs without this project, so it is the baseline every speed-up is
+measured against. ``fp16`` on CUDA is the fast GPU path for machines without TensorRT: FP16 autocast
+(normalisation statistics stay FP32), channels_last_3d activations, and the fixed-shape window batch
+captured once in a CUDA graph and replayed (small 3D networks at batch 1 are launch-bound, measured in
+docs/benchmarks/gpu.md). Partial batches are zero-padded to the captured shape; outputs stay on the GPU.
 """
 
 from __future__ import annotations
@@ -25,10 +29,47 @@ class TorchEngine(Engine):
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.network = network.eval().to(self.device)
+        self.fast_gpu = self.device.type == "cuda" and precision == "fp16"
+        # Where MONAI's sliding window should stitch: on the GPU for CUDA engines (no host copies per window).
+        self.stitch_device = self.device if self.device.type == "cuda" else None
+        self._graph: torch.cuda.CUDAGraph | None = None
+        if self.fast_gpu:
+            torch.backends.cudnn.benchmark = True
+            self.network = self.network.to(memory_format=torch.channels_last_3d)
 
     def infer_torch(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.fast_gpu:
+            return self._replay(batch)
         with torch.inference_mode(), torch.autocast(self.device.type, torch.float16, enabled=self.precision == "fp16"):
             return self.network(batch.to(self.device, torch.float32)).float()
+
+    def _forward_fp16(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cuda", torch.float16):
+            return self.network(batch.contiguous(memory_format=torch.channels_last_3d)).float()
+
+    def _replay(self, batch: torch.Tensor) -> torch.Tensor:
+        """Copy the batch into the captured input, replay the CUDA graph, return a copy of the logits."""
+        n = len(batch)
+        with torch.inference_mode():
+            if self._graph is None:
+                self._capture((self.batch_size, *batch.shape[1:]))
+            self._input[:n].copy_(batch, non_blocking=True)
+            if n < self.batch_size:
+                self._input[n:].zero_()
+            self._graph.replay()
+            return self._output[:n].clone()
+
+    def _capture(self, shape) -> None:
+        self._input = torch.zeros(shape, device=self.device, dtype=torch.float32)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up: cuDNN picks its kernels before capture
+            for _ in range(3):
+                self._forward_fp16(self._input)
+        torch.cuda.current_stream().wait_stream(side)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph):
+            self._output = self._forward_fp16(self._input)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.infer_torch(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).cpu().numpy()
