@@ -254,6 +254,8 @@ class PlanRunner:
 class TensorRTEngine(Engine):
     """A serialized plan plus the typed graph it came from; runs once a supported GPU is present."""
 
+    stitch_device = torch.device("cuda")  # logits come back on the GPU: stitch there
+
     def __init__(self, library: Library, plan: bytes, graph_bytes: bytes, precision: str, batch_size: int,
                  report: dict, cuda_graph: bool = False):
         self.library = library
