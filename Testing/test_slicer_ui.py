@@ -1,0 +1,94 @@
+"""The Slicer module's files agree with each other, checked without Slicer: the .ui parses, every widget the Widget
+code uses exists in it, every parameter-bound widget names a parameter of the parameter node, the CMake lists name
+existing files (and every PTQSegmentLib module), the icon is a 128x128 PNG and the extension description is complete."""
+
+from __future__ import annotations
+
+import ast
+import re
+import struct
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE = REPO / "PTQSegment"
+UI = MODULE / "Resources" / "UI" / "PTQSegment.ui"
+SCRIPT = MODULE / "PTQSegment.py"
+
+
+def ui_widgets() -> dict[str, ET.Element]:
+    return {w.get("name"): w for w in ET.parse(UI).getroot().iter("widget")}
+
+
+def parameter_fields() -> set[str]:
+    tree = ast.parse(SCRIPT.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "PTQSegmentParameterNode")
+    return {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
+
+
+def test_ui_parses_with_a_qmrmlwidget_root_and_unique_names():
+    root = ET.parse(UI).getroot()
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget" and top.get("name") == "PTQSegment"
+    names = [w.get("name") for w in root.iter("widget")]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+
+
+def test_every_widget_the_code_uses_exists_in_the_ui():
+    used = set(re.findall(r"\.ui\.(\w+)", SCRIPT.read_text()))
+    assert used, "the Widget uses no widget?"
+    missing = used - set(ui_widgets())
+    assert not missing, f"used in PTQSegment.py but not in PTQSegment.ui: {sorted(missing)}"
+
+
+def test_parameter_bound_widgets_name_parameter_node_fields():
+    fields = parameter_fields()
+    bound = {}
+    for name, widget in ui_widgets().items():
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[name] = prop.find("string").text
+    assert {"inputVolume", "outputSegmentation", "useSceneVolumes", "patchesPerVolume"} <= set(bound.values())
+    assert set(bound.values()) <= fields, set(bound.values()) - fields
+
+
+def test_mrml_selectors_get_the_scene():
+    connections = ET.parse(UI).getroot().find("connections")
+    receivers = {c.findtext("receiver") for c in connections if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"}
+    selectors = {n for n, w in ui_widgets().items() if w.get("class") == "qMRMLNodeComboBox"}
+    assert selectors and selectors <= receivers
+
+
+def cmake_list(text: str, variable: str) -> list[str]:
+    body = re.search(rf"set\({variable}\n(.*?)\)", text, re.S).group(1)
+    return [line.strip().replace("${MODULE_NAME}", "PTQSegment") for line in body.splitlines() if line.strip()]
+
+
+def test_module_cmake_lists_every_script_and_resource():
+    text = (MODULE / "CMakeLists.txt").read_text()
+    scripts, resources = cmake_list(text, "MODULE_PYTHON_SCRIPTS"), cmake_list(text, "MODULE_PYTHON_RESOURCES")
+    for name in scripts + resources:
+        assert (MODULE / name).is_file(), name
+    lib = {f"PTQSegmentLib/{p.name}" for p in (MODULE / "PTQSegmentLib").glob("*.py")}
+    assert lib <= set(scripts), lib - set(scripts)
+    assert "slicerMacroBuildScriptedModule" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    assert "engine_builder" in text  # shipped inside the module
+
+
+def test_icon_is_a_128_pixel_png():
+    data = (MODULE / "Resources" / "Icons" / "PTQSegment.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", data[16:24]) == (128, 128)
+
+
+def test_extension_description_matches_the_extension_cmake():
+    s4ext = dict(line.split(" ", 1) for line in (REPO / "PTQSegment.s4ext").read_text().splitlines()
+                 if line.strip() and not line.startswith("#") and " " in line)
+    for key in ("scm", "scmurl", "scmrevision", "homepage", "contributors", "category", "iconurl", "status", "description",
+                "screenshoturls", "enabled"):
+        assert s4ext.get(key, "").strip(), key
+    cmake = (REPO / "CMakeLists.txt").read_text()
+    assert f'set(EXTENSION_CATEGORY "{s4ext["category"].strip()}")' in cmake
+    assert f'set(EXTENSION_HOMEPAGE "{s4ext["homepage"].strip()}")' in cmake
+    assert f'set(EXTENSION_ICONURL "{s4ext["iconurl"].strip()}")' in cmake
+    assert "add_subdirectory(PTQSegment)" in cmake
