@@ -84,10 +84,37 @@ def read_volume(path: str | os.PathLike) -> Volume:
             if not is_volume_file(path):
                 raise PTQError(f"{path.name}: not a supported volume format (use {', '.join(VOLUME_SUFFIXES)} or a DICOM folder)")
             image = sitk.ReadImage(str(path))
+            _check_gzip_complete(path, image)
     except RuntimeError as exc:  # ITK reports unreadable files as RuntimeError
         first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
         raise PTQError(f"{path.name}: cannot be read as an image ({first_line[:160]}); is the file complete and uncorrupted?") from None
     return _to_volume(image, path.name)
+
+
+def _check_gzip_complete(path: Path, image) -> None:
+    """Refuse a truncated or corrupt gzip file: ITK reads one silently, the missing voxels becoming 0.
+
+    Fast path: the gzip trailer holds the uncompressed size, which must be the voxel bytes plus a header.
+    Only when it is not (multi-member gzip, rescaled pixel types, > 4 GiB) is the whole stream decompressed.
+    """
+    import gzip
+    import zlib
+
+    with open(path, "rb") as handle:
+        if handle.read(2) != b"\x1f\x8b":
+            return
+        handle.seek(-4, os.SEEK_END)
+        stored = int.from_bytes(handle.read(4), "little")
+    voxel_bytes = image.GetNumberOfPixels() * image.GetSizeOfPixelComponent() * image.GetNumberOfComponentsPerPixel()
+    if 0 <= stored - voxel_bytes <= (1 << 20):
+        return
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 24):
+                pass
+    except (EOFError, OSError, zlib.error) as exc:
+        raise PTQError(f"{path.name}: cannot be read as an image (its compressed data is truncated or corrupt: "
+                       f"{str(exc)[:100]}); is the file complete and uncorrupted?") from None
 
 
 def _to_volume(image, name: str) -> Volume:

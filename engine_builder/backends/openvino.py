@@ -113,7 +113,9 @@ class OpenVINOBackend(Backend):
             raise PTQError(f"backend openvino builds {', '.join(self.precisions)}, not '{precision}'")
         if precision == "bf16" and not cpu_has_bf16():
             raise PTQError("this CPU has no bf16 support (AMX/AVX512-BF16): build fp32 or int8 instead")
-        model = ov.Core().read_model(str(graph.onnx_path))
+        # convert_model (not read_model): its MOC passes fold the static-shape subgraphs of the ONNX export
+        # (ShapeOf/Broadcast around normalisations), a 4x smaller graph that compiles faster.
+        model = ov.convert_model(str(graph.onnx_path))
         if precision == "int8":
             if calibration_patches is None or len(calibration_patches) == 0:
                 raise PTQError("INT8 needs calibration patches: pass --calib FOLDER")
