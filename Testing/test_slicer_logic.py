@@ -303,8 +303,9 @@ def test_stale_engines_are_flagged(engine, workdir):
     assert staleReasons(manifest) == []
     other_version = {**manifest, "backend_version": "openvino 2024.0.0, nncf 2.9.0"}
     assert "built with openvino 2024.0.0" in staleReasons(other_version)[0]
-    other_gpu = {**manifest, "machine": {**manifest["machine"], "gpu": "NVIDIA RTX A6000"}}
+    other_gpu = {**manifest, "runs_as": {"gpu": {"name": "NVIDIA RTX A6000", "compute_capability": "8.6"}}}
     assert "built on NVIDIA RTX A6000" in staleReasons(other_gpu, gpu=GpuInfo("NVIDIA GeForce RTX 4090", "8.9"))[0]
+    assert staleReasons(other_gpu, gpu=GpuInfo("NVIDIA RTX A6000", "8.6")) == []
     changed = workdir / "changed_weights.pt"
     changed.write_bytes(b"other weights")
     assert "changed since the build" in staleReasons(manifest, weightsPath=changed)[0]

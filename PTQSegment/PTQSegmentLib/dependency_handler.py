@@ -59,7 +59,7 @@ TENSORRT_RTX = (
 
 def requirementsFor(backend: str) -> tuple[Requirement, ...]:
     """The packages a build with ``backend`` needs."""
-    extra = {"tensorrt": TENSORRT, "tensorrt-rtx": TENSORRT_RTX, "tensorrt_rtx": TENSORRT_RTX}.get(backend, ())
+    extra = {"tensorrt": TENSORRT, "tensorrt-rtx": TENSORRT_RTX}.get(backend, ())
     return REQUIRED + extra
 
 

@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 
 #: Backends whose engines only run on an NVIDIA GPU.
-GPU_BACKENDS = ("tensorrt", "tensorrt-rtx", "tensorrt_rtx")
+GPU_BACKENDS = ("tensorrt", "tensorrt-rtx")
 
 
 @dataclass(frozen=True)
@@ -128,9 +128,13 @@ def staleReasons(manifest: dict, weightsPath: str | Path | None = None, gpu: Gpu
         reasons.append(f"backend {manifest['backend']} is not installed here")
     elif current != manifest.get("backend_version"):
         reasons.append(f"built with {manifest.get('backend_version')}, this machine has {current}")
-    built_gpu = (manifest.get("machine") or {}).get("gpu")
-    if built_gpu and (gpu is None or gpu.name != built_gpu):
-        reasons.append(f"built on {built_gpu}, this machine has {gpu.name if gpu else 'no NVIDIA GPU'}")
+    built_gpu = (manifest.get("runs_as") or {}).get("gpu")  # TensorRT engines: {"name", "compute_capability"}
+    if isinstance(built_gpu, dict):
+        if gpu is None:
+            reasons.append(f"built on {built_gpu.get('name')}, this machine has no NVIDIA GPU")
+        elif built_gpu.get("compute_capability") != gpu.computeCapability:
+            reasons.append(f"built on {built_gpu.get('name')} (compute capability {built_gpu.get('compute_capability')}), "
+                           f"this machine has {gpu.name} ({gpu.computeCapability}): it will be rebuilt on first use")
     reason = _weightsReason(manifest, weightsPath)
     if reason:
         reasons.append(reason)

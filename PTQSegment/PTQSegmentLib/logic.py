@@ -32,7 +32,7 @@ from engine_builder.errors import PTQError  # noqa: E402  (light: no torch, no r
 CUSTOM_MODEL = "custom"
 AUTO_BACKEND = "auto"
 #: Backend names as engine_builder registers them (or will: the TensorRT backend is being written).
-TENSORRT, TENSORRT_RTX = "tensorrt", ("tensorrt-rtx", "tensorrt_rtx")
+TENSORRT, TENSORRT_RTX = "tensorrt", "tensorrt-rtx"
 #: Compute capabilities (major, minor): TensorRT 10 needs Turing or newer; TensorRT-RTX runs these (its support matrix).
 TENSORRT_MIN_CAPABILITY = (7, 5)
 TENSORRT_RTX_CAPABILITIES = ((8, 0), (8, 6), (8, 9), (12, 0), (12, 1))
@@ -163,9 +163,9 @@ class PTQSegmentLogic:
         if gpu is not None:
             if TENSORRT in available and gpu.capability >= TENSORRT_MIN_CAPABILITY and importlib.util.find_spec("tensorrt"):
                 return TENSORRT
-            rtx = next((name for name in TENSORRT_RTX if name in available), None)
-            if rtx and gpu.isRtx and gpu.capability in TENSORRT_RTX_CAPABILITIES and importlib.util.find_spec("tensorrt_rtx_bindings"):
-                return rtx
+            rtx_supported = gpu.isRtx and gpu.capability in TENSORRT_RTX_CAPABILITIES
+            if TENSORRT_RTX in available and rtx_supported and importlib.util.find_spec("tensorrt_rtx_bindings"):
+                return TENSORRT_RTX
         return "openvino"
 
     def checkBuildInputs(self, modelName: str, weightsPath: str | Path | None = None, calibrationFolder: str | Path | None = None,
