@@ -213,8 +213,9 @@ def sample_crop(vol: Volume, rng: np.random.Generator, size):
 class CropStream(torch.utils.data.IterableDataset):
     """Endless random crops (variable size for scale augmentation; resized to 96^3 on the device)."""
 
-    def __init__(self, phantoms, reals, real_frac: float, seed: int):
+    def __init__(self, phantoms, reals, real_frac: float, seed: int, fov_prob: float = 0.0):
         self.phantoms, self.reals, self.real_frac, self.seed = phantoms, reals, real_frac, seed
+        self.fov_prob = fov_prob
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -227,7 +228,28 @@ class CropStream(torch.utils.data.IterableDataset):
             scale = rng.uniform(0.85, 1.2)
             size = tuple(int(round(ROI * scale * rng.uniform(0.95, 1.05))) for _ in range(3))
             img, lab = sample_crop(vol, rng, size)
+            if rng.random() < self.fov_prob:
+                img, lab = fov_mask(img, lab, rng)
             yield torch.from_numpy(img.astype(np.float32)), torch.from_numpy(lab.astype(np.int64))
+
+
+def fov_mask(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator):
+    """Simulate a small field of view / thin slab: keep a random sub-box, air (0) and background outside.
+
+    Sliding-window inference pads small volumes with 0 (= -1000 HU), so a cropped scan looks like
+    organs next to air; this teaches the network to segment such crops from local appearance.
+    """
+    keep = []
+    for a, n in enumerate(img.shape):
+        frac = rng.uniform(0.4, 1.0) if a < 2 else rng.uniform(0.15, 1.0)
+        m = max(8, int(n * frac))
+        lo = int(rng.integers(0, n - m + 1))
+        keep.append(slice(lo, lo + m))
+    img2 = np.zeros_like(img)
+    lab2 = np.zeros_like(lab)
+    img2[tuple(keep)] = img[tuple(keep)]
+    lab2[tuple(keep)] = lab[tuple(keep)]
+    return img2, lab2
 
 
 def collate(batch):
@@ -301,6 +323,7 @@ def figure(img, pred, path: Path, title: str) -> bool:
         return False
     colors = np.array([lab.color for lab in SPEC.labels], dtype=float) / 255.0
     colors[3] = (0.2, 0.6, 1.0)  # distinguish the two kidneys in the figure
+    colors[5] = (0.3, 0.75, 0.3)  # stomach: the spec colour is too close to the liver's
     colors[6] = (0.3, 0.8, 0.9)  # lung in a visible colour
     colors[7] = (1.0, 1.0, 0.3)
     cmap = ListedColormap(colors)
@@ -310,11 +333,10 @@ def figure(img, pred, path: Path, title: str) -> bool:
     fig, axes = plt.subplots(2, len(views), figsize=(4 * len(views), 8))
     for col, (kind, idx) in enumerate(views):
         if kind == "axial":  # radiological display: patient right on the image left, anterior up
-            im2, lb2 = img[:, :, idx].T[::-1], pred[:, :, idx].T[::-1]
-            aspect = 1.0
-        else:
-            im2, lb2 = img[:, idx, :].T[::-1], pred[:, idx, :].T[::-1]
-            aspect = 1.0
+            im2, lb2 = img[::-1, :, idx].T[::-1], pred[::-1, :, idx].T[::-1]
+        else:  # coronal: patient right on the image left, superior up
+            im2, lb2 = img[::-1, idx, :].T[::-1], pred[::-1, idx, :].T[::-1]
+        aspect = 1.0
         for row in range(2):
             a = axes[row, col]
             a.imshow(im2, cmap="gray", vmin=0.0, vmax=1.0, aspect=aspect, interpolation="nearest")
@@ -380,6 +402,8 @@ def main(argv=None) -> int:
     p.add_argument("--phantoms", type=int, default=256, help="size of the pre-generated phantom pool")
     p.add_argument("--real-frac", type=float, default=0.4, help="probability that a crop comes from a real volume")
     p.add_argument("--workers", type=int, default=max(1, min(12, (os.cpu_count() or 2) - 1)))
+    p.add_argument("--fov-prob", type=float, default=0.3, help="probability of the small-field-of-view augmentation")
+    p.add_argument("--init", type=Path, default=None, help="start from these weights (fine-tuning stage)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=REPO / "engine_builder/models/weights/demo_unet.pt")
     p.add_argument("--report", type=Path, default=REPO / "docs/models/demo_training.json")
@@ -407,6 +431,10 @@ def main(argv=None) -> int:
 
     from monai.losses import DiceCELoss
 
+    if args.init is not None:
+        net.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True), strict=True)
+        print(f"initialised from {args.init}")
+
     t_start = time.time()
     rng = np.random.default_rng(args.seed)
     reals = []
@@ -424,7 +452,7 @@ def main(argv=None) -> int:
     print(f"phantom pool ready in {t_pool:.1f}s", flush=True)
 
     loader = torch.utils.data.DataLoader(
-        CropStream(phantoms, reals, args.real_frac, args.seed),
+        CropStream(phantoms, reals, args.real_frac, args.seed, args.fov_prob),
         batch_size=args.batch,
         num_workers=args.workers,
         collate_fn=collate,
@@ -486,6 +514,8 @@ def main(argv=None) -> int:
         "real_fraction": args.real_frac,
         "train_real_volumes": [n for n in TRAIN_REAL],
         "seed": args.seed,
+        "fov_prob": args.fov_prob,
+        "init": str(args.init) if args.init is not None else None,
         "device": device if not device.startswith("cuda") else f"{device} ({torch.cuda.get_device_name()})",
         "torch": torch.__version__,
         "python": platform.python_version(),
