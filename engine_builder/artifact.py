@@ -20,6 +20,7 @@ from .errors import PTQError
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 _PARTIAL = ".partial-"
+_WINDOWS_STALE_SECONDS = 6 * 3600
 
 
 def default_cache_root() -> Path:
@@ -55,11 +56,15 @@ def remove_stale_partials(parent: Path) -> None:
             pid = int(path.name.split(_PARTIAL)[1].split("-")[0])
         except (IndexError, ValueError):
             continue
-        if not _pid_alive(pid):
+        if not _build_alive(pid, path):
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def _build_alive(pid: int, path: Path) -> bool:
+    """Whether the build that owns ``path`` may still be running."""
+    if os.name == "nt":
+        # os.kill(pid, 0) would terminate the process on Windows: judge by age there instead.
+        return time.time() - path.stat().st_mtime < _WINDOWS_STALE_SECONDS
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

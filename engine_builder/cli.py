@@ -53,7 +53,7 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument("--model", required=True, help="registry name (see 'ptqseg models')")
     build.add_argument("--weights", help="state-dict file for the model (default: the model's own weights)")
     build.add_argument("--calib", help="folder of unlabeled volumes (NIfTI, NRRD, DICOM), searched recursively")
-    build.add_argument("--out", required=True, help="engine directory to write")
+    build.add_argument("--out", help="engine directory to write (default: the engine cache; the path is printed)")
     build.add_argument("--precision", default="int8", help="int8 (default), fp32, bf16 (openvino), fp16 (torch on CUDA)")
     build.add_argument("--backend", default="openvino", help="openvino (default, CPU) or torch")
     build.add_argument("--method", help="activation range estimator (openvino: minmax, mean_minmax, percentile, ...)")

@@ -69,12 +69,12 @@ def label_dtype(n_labels: int) -> np.dtype:
 def running_argmax(logits: torch.Tensor, dtype: np.dtype) -> np.ndarray:
     """argmax over dim 0 of (C, ...) logits as a running maximum; ties go to the lower label like argmax."""
     best = logits[0].clone()
-    labels = torch.zeros(logits.shape[1:], dtype=torch.int32 if dtype != np.uint8 else torch.uint8)
+    labels = torch.zeros(logits.shape[1:], dtype=torch.int32 if dtype != np.uint8 else torch.uint8, device=logits.device)
     for channel in range(1, logits.shape[0]):
         better = logits[channel] > best
         torch.maximum(best, logits[channel], out=best)
         labels.masked_fill_(better, channel)
-    return labels.numpy().astype(dtype, copy=False)
+    return labels.cpu().numpy().astype(dtype, copy=False)
 
 
 def count_windows(shape, roi, overlap: float) -> int:
@@ -105,13 +105,18 @@ def predict_labels(image: torch.Tensor, engine: Engine, spec: ModelSpec, timer: 
         counter.step(len(batch))
         return engine.infer_torch(batch)
 
+    # GPU engines return logits on the GPU: the image goes there once and windows are stitched there.
+    device = engine.stitch_device
+    if device is not None:
+        image = image.to(device)
     for start in range(0, depth, core):
         stop = min(start + core, depth)
         lo, hi = (max(start - margin, 0), min(stop + margin, depth)) if core < depth else (0, depth)
         with timer.stage("inference"), torch.inference_mode():
             logits = sliding_window_inference(
                 image[None, :, :, :, lo:hi], spec.roi_size, engine.batch_size, predictor,
-                overlap=spec.overlap, mode="gaussian", padding_mode="constant", cval=background_value(spec.intensity))
+                overlap=spec.overlap, mode="gaussian", padding_mode="constant", cval=background_value(spec.intensity),
+                sw_device=device, device=device)
         with timer.stage("argmax"):
             slab = logits[0].as_tensor() if hasattr(logits, "as_tensor") else logits[0]
             labels[..., start:stop] = running_argmax(slab[..., start - lo : stop - lo], dtype)

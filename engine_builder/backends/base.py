@@ -56,6 +56,7 @@ class Engine(abc.ABC):
     backend: str
     precision: str
     batch_size: int
+    stitch_device: torch.device | None = None  # where logits come back: set by GPU engines to stitch on the GPU
 
     @abc.abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray:
