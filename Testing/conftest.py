@@ -21,8 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 SHIPPED_DEMO_WEIGHTS = REPO / "engine_builder" / "models" / "weights" / "demo_unet.pt"
 
-# Geometry of the calibration phantoms: small (96 x 96 x 48 voxels of 4 x 4 x 6 mm, i.e. 128 x 128 x 96 at the
-# demo model's 3 mm) so that preprocessing and sliding windows stay cheap, but larger than one 96^3 window.
+# Geometry of the calibration phantoms: small files (96 x 96 x 48 voxels of 4 x 4 x 6 mm, a 384 x 384 x 288 mm
+# field of view) so that writing, reading and preprocessing stay cheap, yet larger than one 96^3 window at the
+# demo model's spacing.
 PHANTOM_SHAPE = (96, 96, 48)
 PHANTOM_SPACING = (4.0, 4.0, 6.0)
 CALIB_SEEDS = (11, 12, 13)

@@ -27,8 +27,8 @@ from engine_builder.phantom import make_phantom
 from engine_builder.preprocess import foreground_threshold
 
 DEMO = get_spec("demo")
-# The demo's preprocessing with a small ROI: cheap, and smaller than the phantoms' 3 mm grids.
-SMALL = dataclasses.replace(DEMO, roi_size=(32, 32, 32))
+# The demo's intensity window with a small ROI at 3 mm: cheap, and smaller than the phantoms' grids.
+SMALL = dataclasses.replace(DEMO, roi_size=(32, 32, 32), spacing_mm=(3.0, 3.0, 3.0))
 
 
 @pytest.fixture
@@ -169,7 +169,7 @@ def test_cache_file_is_reused_without_reading(tmp_path, calib_dir, monkeypatch):
 
 def test_volume_smaller_than_roi_calibrates(tmp_path):
     hu = np.full((20, 20, 10), 40, dtype=np.int16)
-    write_volume(Volume(hu, np.diag([3.0, 3.0, 3.0, 1.0])), tmp_path / "tiny.nii.gz")
+    write_volume(Volume(hu, np.diag([*DEMO.spacing_mm, 1.0])), tmp_path / "tiny.nii.gz")  # no resampling
     result = build_calibration_set(tmp_path, DEMO, patches_per_volume=2, progress=False)
     assert result.patches.shape == (2, 1, 96, 96, 96)
     assert np.isclose(result.patches[0].sum(), 20 * 20 * 10 * 0.52, rtol=1e-4)

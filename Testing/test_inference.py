@@ -28,7 +28,7 @@ from engine_builder.models import get_spec
 from engine_builder.phantom import make_phantom
 from engine_builder.preprocess import preprocess
 
-SMALL = dataclasses.replace(get_spec("demo"), roi_size=(32, 32, 32))
+SMALL = dataclasses.replace(get_spec("demo"), roi_size=(32, 32, 32), spacing_mm=(3.0, 3.0, 3.0))  # cheap
 LEVELS = np.linspace(0.0, 1.0, len(SMALL.labels))  # label c <=> normalised intensity nearest LEVELS[c]
 
 

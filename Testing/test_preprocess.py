@@ -43,10 +43,10 @@ def test_output_grid_has_spec_spacing_and_orientation(seed):
     assert "".join(nib.aff2axcodes(prepared.affine)) == DEMO.orientation
     # Positive diagonal: RAS storage, whatever the input's storage order was.
     assert (np.diag(prepared.affine)[:3] > 0).all()
-    # The field of view is kept: extent / 3 mm voxels along each world axis.
-    extent = np.abs(volume.affine[:3, :3] @ np.array(volume.shape, float))
-    expected = np.sort(extent) / 3.0
-    assert np.allclose(np.sort(prepared.image.shape[1:]), expected, atol=1.5)
+    # The field of view is kept: the world extent (R, A, S) / the spec's spacing, axis by axis.
+    extent = np.abs(volume.affine[:3, :3]) @ np.array(volume.shape, float)
+    expected = extent / np.array(DEMO.spacing_mm)
+    assert np.allclose(prepared.image.shape[1:], expected, atol=1.5), (prepared.image.shape, expected)
 
 
 def test_same_spacing_lps_input_is_only_flipped_and_windowed():
