@@ -92,8 +92,9 @@ def test_int8_window_is_faster_than_fp32(int8_engine, fp32_engine):
 
 
 def _compare(volume: Volume, int8_engine, fp32_engine, min_agreement=0.98):
-    engine8, spec, _ = int8_engine
-    engine32, _, _ = fp32_engine
+    engine8, spec, manifest8 = int8_engine
+    engine32, _, manifest32 = fp32_engine
+    assert manifest8["weights"] == manifest32["weights"], "the two engines were built from different weight files"
     seg8 = segment_volume(volume, engine8, spec)
     seg32 = segment_volume(volume, engine32, spec)
     for seg in (seg8, seg32):
