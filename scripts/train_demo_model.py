@@ -8,11 +8,12 @@ outputs, mapped by name onto the demo labels). The MSD spleen crop with its manu
 kept out of training and used only to report a held-out spleen Dice.
 
 Every volume goes through the preprocessing the inference code applies: orientation RAS, resampling
-to 3 mm (bilinear for images, nearest for labels), HU window [-1000, 1000] -> [0, 1].
+to the spec's spacing (``SPEC.spacing_mm``, 1.5 mm; bilinear for images, nearest for labels), HU
+window [-1000, 1000] -> [0, 1].
 
 Typical use (from the repository root)::
 
-    # 1. preprocess the real volumes once into a small .npy cache (needs SimpleITK + MONAI)
+    # 1. preprocess the real volumes once into a small compressed .npz cache (needs SimpleITK + MONAI)
     python scripts/train_demo_model.py --prepare-cache --data ../shared/data --cache .carry/train_data
     # 2. train (CUDA or CPU); reads the cache, falls back to --data when the cache is missing
     python scripts/train_demo_model.py --device cuda --steps 8000 --time-limit 420
@@ -68,7 +69,7 @@ BONE_NAMES = ("sternum", "sacrum", "skull", "costal_cartilages")
 
 
 def preprocess(array_ijk: np.ndarray, affine_ras: np.ndarray, is_label: bool) -> np.ndarray:
-    """Orientation RAS + 3 mm resampling (+ HU window for images) with MONAI; returns [x, y, z]."""
+    """Orientation RAS + resampling to SPEC.spacing_mm (+ HU window for images) with MONAI; returns [x, y, z]."""
     from monai.data import MetaTensor
     from monai.transforms import Orientation, ScaleIntensityRange, Spacing
 
@@ -131,22 +132,50 @@ def load_real_from_data(data: Path, name: str):
     return img, lab
 
 
+def body_box(img: np.ndarray, margin: int = 6) -> tuple[slice, ...]:
+    """Bounding box of the voxels above -900 HU (window units > 0.05), grown by ``margin`` voxels."""
+    idx = np.argwhere(img > 0.05)
+    if idx.size == 0:
+        return tuple(slice(0, n) for n in img.shape)
+    lo = np.maximum(idx.min(0) - margin, 0)
+    hi = np.minimum(idx.max(0) + 1 + margin, img.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
 def prepare_cache(data: Path, cache: Path) -> None:
+    """Write ``<name>.npz`` per real volume: ``hu`` int16 (rounded HU after resampling, -1000..1000),
+    ``lab`` uint8 (when labelled), ``offset`` of the stored box in the full grid and ``full_shape``.
+
+    Training volumes are cropped to the body (air outside is what ``_crop`` pads with anyway), so the
+    cache stays small enough to travel to a device; evaluation volumes are stored whole.
+    """
     cache.mkdir(parents=True, exist_ok=True)
     for name in REAL:
         img, lab = load_real_from_data(data, name)
-        np.save(cache / f"{name}_img.npy", img.astype(np.float16))
+        box = body_box(img) if name in TRAIN_REAL else tuple(slice(0, n) for n in img.shape)
+        arrays = {
+            "hu": np.round(img[box] * (WIN[1] - WIN[0]) + WIN[0]).astype(np.int16),
+            "offset": np.array([b.start for b in box]),
+            "full_shape": np.array(img.shape),
+            "spacing_mm": np.array(SPEC.spacing_mm),
+        }
         if lab is not None:
-            np.save(cache / f"{name}_lab.npy", lab)
-        counts = np.bincount(lab.ravel(), minlength=N_LABELS).tolist() if lab is not None else None
-        print(f"cached {name}: {img.shape} label voxels {counts}")
+            arrays["lab"] = lab[box]
+        for old in (cache / f"{name}_img.npy", cache / f"{name}_lab.npy"):
+            old.unlink(missing_ok=True)  # a stale cache of another spacing must not be read
+        np.savez_compressed(cache / f"{name}.npz", **arrays)
+        counts = np.bincount(arrays["lab"].ravel(), minlength=N_LABELS).tolist() if lab is not None else None
+        print(f"cached {name}: {img.shape} stored {arrays['hu'].shape} label voxels {counts}")
 
 
 def load_real(name: str, data: Path, cache: Path):
-    f = cache / f"{name}_img.npy"
+    f = cache / f"{name}.npz"
     if f.exists():
-        lab_f = cache / f"{name}_lab.npy"
-        return np.load(f).astype(np.float32), (np.load(lab_f) if lab_f.exists() else None)
+        z = np.load(f)
+        if not np.allclose(z["spacing_mm"], SPEC.spacing_mm):
+            raise RuntimeError(f"{f} was prepared at {z['spacing_mm'].tolist()} mm, the spec says {SPEC.spacing_mm}")
+        img = (z["hu"].astype(np.float32) - WIN[0]) / (WIN[1] - WIN[0])
+        return img, (z["lab"] if "lab" in z.files else None)
     return load_real_from_data(data, name)
 
 
@@ -346,7 +375,7 @@ def figure(img, pred, path: Path, title: str) -> bool:
             a.axis("off")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[i]) for i in range(1, N_LABELS)]
     fig.legend(handles, NAMES[1:], loc="lower center", ncol=N_LABELS - 1, fontsize=9)
-    fig.suptitle(title + "  (demo model, not for clinical use; image shown on the 3 mm grid, window -1000..1000 HU)", fontsize=10)
+    fig.suptitle(title + f"  (demo model, not for clinical use; image shown on the {SPEC.spacing_mm[0]:g} mm grid, window -1000..1000 HU)", fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 0.96))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=70)
@@ -367,7 +396,8 @@ def evaluate(net, args, device: str) -> dict:
         t0 = time.time()
         pred, conf = segment(net, img, device)
         entry = {
-            "grid_3mm": list(img.shape),
+            "grid": list(img.shape),
+            "spacing_mm": list(SPEC.spacing_mm),
             "held_out": name not in TRAIN_REAL,
             "predicted_voxels": np.bincount(pred.ravel(), minlength=N_LABELS).tolist(),
             "median_max_softmax": round(float(np.median(conf.astype(np.float32))), 4),
@@ -391,7 +421,7 @@ def evaluate(net, args, device: str) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="shared test-data folder")
-    p.add_argument("--cache", type=Path, default=REPO / ".carry" / "train_data", help="preprocessed .npy cache")
+    p.add_argument("--cache", type=Path, default=REPO / ".carry" / "train_data", help="preprocessed .npz cache")
     p.add_argument("--prepare-cache", action="store_true", help="only preprocess the real volumes into --cache")
     p.add_argument("--eval-only", action="store_true", help="evaluate --out weights and draw figures, no training")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

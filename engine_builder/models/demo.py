@@ -21,7 +21,7 @@ DEMO_LABELS = (
 
 DEMO = ModelSpec(
     name="demo",
-    description="Demo abdominal/thoracic CT model (small MONAI UNet, 3 mm). Demo only, not for clinical use.",
+    description="Demo abdominal/thoracic CT model (small MONAI UNet, 1.5 mm). Demo only, not for clinical use.",
     architecture="monai.networks.nets.UNet",
     arch_args=dict(
         spatial_dims=3,
@@ -34,7 +34,7 @@ DEMO = ModelSpec(
     ),
     labels=DEMO_LABELS,
     roi_size=(96, 96, 96),
-    spacing_mm=(3.0, 3.0, 3.0),
+    spacing_mm=(1.5, 1.5, 1.5),
     orientation="RAS",
     intensity=Intensity(kind="window", a_min=-1000.0, a_max=1000.0, b_min=0.0, b_max=1.0),
     overlap=0.25,
