@@ -21,7 +21,7 @@ def ui_widgets() -> dict[str, ET.Element]:
 
 
 def parameter_fields() -> set[str]:
-    tree = ast.parse(SCRIPT.read_text())
+    tree = ast.parse(SCRIPT.read_text(encoding="utf-8"))
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "PTQSegmentParameterNode")
     return {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
 
@@ -35,7 +35,7 @@ def test_ui_parses_with_a_qmrmlwidget_root_and_unique_names():
 
 
 def test_every_widget_the_code_uses_exists_in_the_ui():
-    used = set(re.findall(r"\.ui\.(\w+)", SCRIPT.read_text()))
+    used = set(re.findall(r"\.ui\.(\w+)", SCRIPT.read_text(encoding="utf-8")))
     assert used, "the Widget uses no widget?"
     missing = used - set(ui_widgets())
     assert not missing, f"used in PTQSegment.py but not in PTQSegment.ui: {sorted(missing)}"
@@ -65,7 +65,7 @@ def cmake_list(text: str, variable: str) -> list[str]:
 
 
 def test_module_cmake_lists_every_script_and_resource():
-    text = (MODULE / "CMakeLists.txt").read_text()
+    text = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     scripts, resources = cmake_list(text, "MODULE_PYTHON_SCRIPTS"), cmake_list(text, "MODULE_PYTHON_RESOURCES")
     for name in scripts + resources:
         assert (MODULE / name).is_file(), name
@@ -82,12 +82,12 @@ def test_icon_is_a_128_pixel_png():
 
 
 def test_extension_description_matches_the_extension_cmake():
-    s4ext = dict(line.split(" ", 1) for line in (REPO / "PTQSegment.s4ext").read_text().splitlines()
+    s4ext = dict(line.split(" ", 1) for line in (REPO / "PTQSegment.s4ext").read_text(encoding="utf-8").splitlines()
                  if line.strip() and not line.startswith("#") and " " in line)
     for key in ("scm", "scmurl", "scmrevision", "homepage", "contributors", "category", "iconurl", "status", "description",
                 "screenshoturls", "enabled"):
         assert s4ext.get(key, "").strip(), key
-    cmake = (REPO / "CMakeLists.txt").read_text()
+    cmake = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     assert f'set(EXTENSION_CATEGORY "{s4ext["category"].strip()}")' in cmake
     assert f'set(EXTENSION_HOMEPAGE "{s4ext["homepage"].strip()}")' in cmake
     assert f'set(EXTENSION_ICONURL "{s4ext["iconurl"].strip()}")' in cmake
