@@ -20,6 +20,23 @@ Typical use (from the repository root)::
     # 3. (optional) re-evaluate saved weights and draw the figures
     python scripts/train_demo_model.py --eval-only --device cpu
 
+Distillation (stage 4): real CTs without (whole-chest) labels can be pseudo-labelled by a TEACHER
+network run at its own spacing, e.g. the 3 mm model (commit 93a191a) on the chest CT::
+
+    git show 93a191a:engine_builder/models/weights/demo_unet.pt > /tmp/demo_3mm.pt
+    # writes .carry/train_data/chest_ct_teacher.npz (only the teacher caches; the others come from 1.)
+    python scripts/train_demo_model.py --prepare-cache --teacher /tmp/demo_3mm.pt --teacher-spacing 3 \
+        --teacher-volumes chest_ct
+    # train with the teacher-labelled volumes added to the real training volumes
+    python scripts/train_demo_model.py --device cuda --init engine_builder/models/weights/demo_unet.pt \
+        --teacher-volumes chest_ct ...
+
+Teacher labels are the teacher's argmax on the volume's own grid (``engine_builder.inference.
+segment_volume``, FP32 torch), resampled (nearest) to the spec's grid with the image; everything
+outside the body (largest connected component above -500 HU, holes filled per axial slice) is set
+to background. A teacher-labelled volume is a TRAINING volume from then on (pseudo labels, not a
+reference); evaluation marks it so when ``--teacher-volumes`` names it.
+
 Outputs: weights (plain state dict, ``--out``), a JSON report (``--report``) and two PNG figures
 (``--fig-dir``; skipped with a message when matplotlib is missing).
 """
@@ -166,6 +183,106 @@ def prepare_cache(data: Path, cache: Path) -> None:
         np.savez_compressed(cache / f"{name}.npz", **arrays)
         counts = np.bincount(arrays["lab"].ravel(), minlength=N_LABELS).tolist() if lab is not None else None
         print(f"cached {name}: {img.shape} stored {arrays['hu'].shape} label voxels {counts}")
+
+
+def body_mask(hu: np.ndarray) -> np.ndarray:
+    """Body on a RAS grid [x, y, z]: largest connected component of HU > -500, holes filled per axial slice."""
+    from scipy import ndimage
+
+    comp, n = ndimage.label(hu > -500)
+    if n == 0:
+        return np.zeros(hu.shape, bool)
+    sizes = np.bincount(comp.ravel())
+    sizes[0] = 0
+    body = comp == int(sizes.argmax())
+    for k in range(body.shape[2]):
+        body[:, :, k] = ndimage.binary_fill_holes(body[:, :, k])
+    return body
+
+
+def prepare_teacher_cache(data: Path, cache: Path, teacher: Path, teacher_spacing: float, names) -> None:
+    """Write ``<name>_teacher.npz`` (same layout as the training caches) with TEACHER labels.
+
+    The teacher runs at ``teacher_spacing`` mm (the spec with only its spacing replaced) through the
+    project's own inference (``segment_volume`` with a FP32 ``TorchEngine``); its label map on the
+    volume's grid is resampled (nearest) to the spec's grid like any label, and set to background
+    outside the body. Where a volume already has real labels (``REAL[name]`` with a label file),
+    those are kept and the teacher only fills voxels the real labels leave as background with lung.
+    """
+    import dataclasses
+
+    from engine_builder.backends.torch_backend import TorchEngine
+    from engine_builder.inference import segment_volume
+    from engine_builder.io import Volume as IOVolume
+    from engine_builder.weights import load_network
+
+    spec_t = dataclasses.replace(SPEC, spacing_mm=(teacher_spacing,) * 3)
+    engine = TorchEngine(load_network(spec_t, teacher), "fp32", 2, "cpu")
+    cache.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        img_rel, lab_rel, _ = REAL[name]
+        arr, aff = _sitk_read(data / img_rel)
+        t0 = time.time()
+        seg = segment_volume(IOVolume(arr.astype(np.float32), aff), engine, spec_t).labels.array
+        img = preprocess(arr.astype(np.float32), aff, False)
+        tlab = preprocess(seg.astype(np.float32), aff, True).round().astype(np.uint8)
+        hu = img * (WIN[1] - WIN[0]) + WIN[0]
+        tlab[~body_mask(hu)] = 0
+        if lab_rel is not None:  # keep the real labels; the teacher adds lung only where they have none
+            _, lab = load_real_from_data(data, name)
+            tlab = np.where((lab == 0) & (tlab == NAMES.index("lung")), tlab, lab).astype(np.uint8)
+        box = body_box(img, margin=16)
+        arrays = {
+            "hu": np.round(hu[box]).astype(np.int16),
+            "lab": tlab[box],
+            "offset": np.array([b.start for b in box]),
+            "full_shape": np.array(img.shape),
+            "spacing_mm": np.array(SPEC.spacing_mm),
+            "teacher": np.array(str(teacher.name)),
+            "teacher_spacing_mm": np.array(spec_t.spacing_mm),
+        }
+        np.savez_compressed(cache / f"{name}_teacher.npz", **arrays)
+        counts = np.bincount(arrays["lab"].ravel(), minlength=N_LABELS).tolist()
+        print(f"cached {name}_teacher: {img.shape} stored {arrays['hu'].shape} teacher label voxels {counts} "
+              f"({time.time() - t0:.0f}s)")
+
+
+def chest_checks(img: np.ndarray, pred: np.ndarray) -> dict:
+    """Label-free plausibility checks on a chest CT (model grid): lung outside the body, share of the
+    air-like voxels inside the body (HU < -500) labelled lung, organ labels (1-5) in the upper two
+    thirds of the slices (z >= nz / 3 on the RAS grid; the chest above the liver dome mostly)."""
+    hu = img * (WIN[1] - WIN[0]) + WIN[0]
+    body = body_mask(hu)
+    lung = pred == NAMES.index("lung")
+    air_in = (hu < -500) & body
+    upper = np.zeros(pred.shape, bool)
+    upper[:, :, pred.shape[2] // 3:] = True
+    organs = (pred >= 1) & (pred <= 5) & upper
+    ml = float(np.prod(SPEC.spacing_mm)) / 1000.0
+    out = {
+        "lung_total": int(lung.sum()),
+        "lung_outside_body": int((lung & ~body).sum()),
+        "lung_inside_body": int((lung & body).sum()),
+        "air_like_inside_body": int(air_in.sum()),
+        "air_like_inside_body_labelled_lung": int((air_in & lung).sum()),
+        "organs_1to5_upper_two_thirds": int(organs.sum()),
+        "organs_1to5_upper_by_label": [int(((pred == c) & upper).sum()) for c in range(1, 6)],
+        "bone_outside_body": int(((pred == NAMES.index("bone")) & ~body).sum()),
+        "body_voxels": int(body.sum()),
+    }
+    out["lung_outside_body_L"] = round(out["lung_outside_body"] * ml / 1000.0, 3)
+    out["share_air_inside_body_labelled_lung"] = round(out["air_like_inside_body_labelled_lung"] / max(1, out["air_like_inside_body"]), 4)
+    out["organs_1to5_upper_two_thirds_mL"] = round(out["organs_1to5_upper_two_thirds"] * ml, 1)
+    out["bone_outside_body_mL"] = round(out["bone_outside_body"] * ml, 1)
+    return out
+
+
+def load_teacher(name: str, cache: Path):
+    """A teacher-labelled training volume from ``<name>_teacher.npz``: (image float32 [0,1], labels)."""
+    z = np.load(cache / f"{name}_teacher.npz")
+    if not np.allclose(z["spacing_mm"], SPEC.spacing_mm):
+        raise RuntimeError(f"{name}_teacher.npz was prepared at {z['spacing_mm'].tolist()} mm, the spec says {SPEC.spacing_mm}")
+    return (z["hu"].astype(np.float32) - WIN[0]) / (WIN[1] - WIN[0]), z["lab"]
 
 
 def load_real(name: str, data: Path, cache: Path):
@@ -398,7 +515,8 @@ def evaluate(net, args, device: str) -> dict:
         entry = {
             "grid": list(img.shape),
             "spacing_mm": list(SPEC.spacing_mm),
-            "held_out": name not in TRAIN_REAL,
+            "held_out": name not in TRAIN_REAL and name not in args.teacher_volumes,
+            "teacher_labelled_training_volume": name in args.teacher_volumes,
             "predicted_voxels": np.bincount(pred.ravel(), minlength=N_LABELS).tolist(),
             "median_max_softmax": round(float(np.median(conf.astype(np.float32))), 4),
             "fraction_max_softmax_below_0.6": round(float((conf < 0.6).mean()), 5),
@@ -407,6 +525,17 @@ def evaluate(net, args, device: str) -> dict:
         if lab is not None:
             labels = [NAMES.index("spleen")] if name == "msd_spleen" else list(range(1, N_LABELS))
             entry["dice"] = dice_table(pred, lab, labels)
+        if name == "chest_ct":
+            entry["chest_checks"] = chest_checks(img, pred)
+            print("chest_checks", json.dumps(entry["chest_checks"]))
+        tf = args.cache / f"{name}_teacher.npz"
+        if tf.exists():  # agreement with the teacher's pseudo labels (on the stored body box)
+            z = np.load(tf)
+            o = z["offset"]
+            tl = z["lab"]
+            if tuple(z["full_shape"]) == pred.shape:
+                sub = pred[o[0]:o[0] + tl.shape[0], o[1]:o[1] + tl.shape[1], o[2]:o[2] + tl.shape[2]]
+                entry["dice_vs_teacher_labels"] = dice_table(sub, tl, list(range(1, N_LABELS)))
         res[name] = entry
         print(name, json.dumps(entry.get("dice", entry["predicted_voxels"])))
         if args.fig_dir is not None and name in ("chest_ct", "msd_spleen"):
@@ -435,13 +564,21 @@ def main(argv=None) -> int:
     p.add_argument("--fov-prob", type=float, default=0.3, help="probability of the small-field-of-view augmentation")
     p.add_argument("--init", type=Path, default=None, help="start from these weights (fine-tuning stage)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--teacher", type=Path, default=None,
+                   help="with --prepare-cache: teacher weights; writes <name>_teacher.npz for --teacher-volumes only")
+    p.add_argument("--teacher-spacing", type=float, default=3.0, help="spacing (mm) the teacher runs at")
+    p.add_argument("--teacher-volumes", nargs="*", default=[], choices=sorted(REAL),
+                   help="real volumes pseudo-labelled by the teacher; training adds <name>_teacher.npz from --cache")
     p.add_argument("--out", type=Path, default=REPO / "engine_builder/models/weights/demo_unet.pt")
     p.add_argument("--report", type=Path, default=REPO / "docs/models/demo_training.json")
     p.add_argument("--fig-dir", type=Path, default=REPO / "docs/models")
     args = p.parse_args(argv)
 
     if args.prepare_cache:
-        prepare_cache(args.data, args.cache)
+        if args.teacher is not None:
+            prepare_teacher_cache(args.data, args.cache, args.teacher, args.teacher_spacing, args.teacher_volumes)
+        else:
+            prepare_cache(args.data, args.cache)
         return 0
 
     device = args.device
@@ -475,6 +612,10 @@ def main(argv=None) -> int:
             print(f"real {name}: {img.shape}")
         except Exception as exc:
             print(f"real volume {name} unavailable ({exc}); training on phantoms only for it")
+    for name in args.teacher_volumes:
+        img, lab = load_teacher(name, args.cache)  # no fallback: the teacher labels must have been prepared
+        reals.append(Volume(img.astype(np.float16), lab, rng))
+        print(f"teacher-labelled {name}: {img.shape} label voxels {np.bincount(lab.ravel(), minlength=N_LABELS).tolist()}")
     print(f"generating {args.phantoms} phantoms with {args.workers} workers ...", flush=True)
     pool = make_pool(args.phantoms, 1000 * (args.seed + 1), args.workers)
     phantoms = [Volume(img, lab, rng) for img, lab in pool]
@@ -543,6 +684,7 @@ def main(argv=None) -> int:
         "phantom_pool": args.phantoms,
         "real_fraction": args.real_frac,
         "train_real_volumes": [n for n in TRAIN_REAL],
+        "train_teacher_labelled_volumes": list(args.teacher_volumes),
         "seed": args.seed,
         "fov_prob": args.fov_prob,
         "init": str(args.init) if args.init is not None else None,
