@@ -132,12 +132,12 @@ def test_second_identical_build_is_a_quick_cache_hit(int8_build, demo_request, c
 
 
 def test_changed_method_gives_another_key(int8_build, demo_request, cache_root, tmp_path):
-    request = BuildRequest(precision="int8", method="mean_minmax", **demo_request)
-    other = build_engine(request, out=tmp_path / "percentile", cache_root=cache_root)
+    request = BuildRequest(precision="int8", method="minmax", **demo_request)
+    other = build_engine(request, out=tmp_path / "minmax", cache_root=cache_root)
     assert other.cache_hit is False
     assert other.manifest["cache_key"] != int8_build.manifest["cache_key"]
-    assert other.manifest["calibration"]["method"] == "mean_minmax"
-    assert int8_build.manifest["calibration"]["method"] == "minmax"
+    assert other.manifest["calibration"]["method"] == "minmax"
+    assert int8_build.manifest["calibration"]["method"] == "mean_minmax"
     # Same calibration set, same weights: only the method differs.
     assert other.manifest["calibration"]["set_hash"] == int8_build.manifest["calibration"]["set_hash"]
     assert other.manifest["weights"] == int8_build.manifest["weights"]
@@ -157,7 +157,7 @@ def test_manifest_describes_the_engine(int8_build, calib_dir):
     for path in sorted(calib_dir.iterdir()):
         digest.update(path.read_bytes())
     calibration = manifest["calibration"]
-    assert calibration["method"] == "minmax" and calibration["set_hash"] == digest.hexdigest()
+    assert calibration["method"] == "mean_minmax" and calibration["set_hash"] == digest.hexdigest()
     assert sorted(calibration["sources"]) == sorted(p.name for p in calib_dir.iterdir())
     assert calibration["patches"] + calibration["held_out_patches"] == 2 * len(calibration["sources"])
     assert isinstance(manifest["kept_in_float"], list)
@@ -179,7 +179,7 @@ def test_ptqseg_info_prints_the_manifest(int8_build):
     manifest = int8_build.manifest
     assert "demo (UNet, 8 labels)" in summary.stdout
     assert f"precision int8" in summary.stdout and manifest["backend_version"] in summary.stdout
-    assert f"calibrated minmax on {manifest['calibration']['patches']} patches" in summary.stdout
+    assert f"calibrated mean_minmax on {manifest['calibration']['patches']} patches" in summary.stdout
     assert manifest["calibration"]["set_hash"][:12] in summary.stdout
     assert f"{manifest['accuracy']['argmax_agreement']:.4f}" in summary.stdout
     assert "convolutions" in summary.stdout and "u8" in summary.stdout

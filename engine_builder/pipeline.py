@@ -192,7 +192,7 @@ def _accuracy_check(engine, network, calibration, spec: ModelSpec, request: Buil
     warnings = []
     if not report["passed"]:
         warnings.append(f"{request.precision} agrees with FP32 on {report['argmax_agreement']:.3%} of held-out voxels, "
-                        f"below {request.min_agreement:.1%}: try --method percentile or --max-drop 0.01")
+                        f"below {request.min_agreement:.1%}: try another --method, more calibration volumes, or --max-drop 0.01")
         log.warning(warnings[-1])
     return report, warnings
 
