@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..errors import PTQError
 from .base import Backend, BuildOptions, Engine, FP32Graph, pad_batch
@@ -58,9 +59,20 @@ class OpenVINOEngine(Engine):
         self._request = self.compiled.create_infer_request()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        n = len(batch)
-        result = self._request.infer({0: pad_batch(np.ascontiguousarray(batch, dtype=np.float32), self.batch_size)})
-        return np.array(result[0][:n], dtype=np.float32, copy=True)
+        return np.array(self._run(batch), dtype=np.float32, copy=True)
+
+    def infer_torch(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits as a view of the request's output buffer, valid until the next call.
+
+        MONAI's sliding window folds each batch into its accumulator before asking for the next one, so the
+        copy ``infer`` makes (28 MB per 8-class 96^3 window, 0.5 s over a chest CT's 75 windows) is skipped.
+        """
+        return torch.from_numpy(self._run(batch.detach().cpu().numpy()))
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        inputs = pad_batch(np.ascontiguousarray(batch, dtype=np.float32), self.batch_size)
+        result = self._request.infer({0: inputs}, share_inputs=True, share_outputs=True)
+        return result[0][: len(batch)]
 
     def save(self, folder: Path) -> list[str]:
         # An FP32 engine keeps FP32 weights (save_model would halve them otherwise). In an INT8 engine the
