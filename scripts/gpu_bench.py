@@ -5,14 +5,13 @@ Two steps, because the GPU machine has no SimpleITK and no registry:
     python scripts/gpu_bench.py prepare CT.nii.gz .carry/volumes.npz     # here: preprocess per model
     python scripts/gpu_bench.py run .carry/volumes.npz [--batch 4]       # on the GPU: time and compare
 
-``run`` times, per model and whole (preprocessed) volume, the sliding window plus the running argmax:
-- ``cpu stitch``: the product path (``inference.predict_labels``), logits copied to the host per window
-  (it stitches on the CPU image's device; MONAI rejects CUDA logits there, see ``HostLogits``);
-- ``gpu stitch``: MONAI's sliding window stitching on the GPU (``sw_device=device=cuda``) and the argmax on
-  the GPU, copying only the label map to the host;
-each for TorchEngine fp32 on CUDA at batch 1 (TF32 off) and for the fp16 fast path (batch N,
-channels_last_3d, CUDA-graph replay).
-It prints a markdown table (median of ``--repeats`` after one warm-up) and argmax agreement with fp32.
+``run`` times, per model and whole (preprocessed) volume, the product path ``inference.predict_labels``
+(sliding window, stitching on the engine's ``stitch_device``, i.e. the GPU for CUDA engines, running argmax
+on the GPU, label map copied to the host):
+- torch FP32 eager at batch 1 on CUDA, cuDNN TF32 off (strict FP32, the baseline) and on (torch's default);
+- the torch fp16 fast path (batch N, channels_last_3d, CUDA-graph replay);
+- diagnostic: the fp16 fast path with its logits copied to the host per window and stitched on the CPU
+  (``HostLogits``: what the product path did before it stitched on the engine's device).
 Weights: the packaged ones where present, else random (speed only; agreement then means little).
 """
 
@@ -55,22 +54,10 @@ def network_for(name: str):
         return spec, spec.build_network().eval(), "random"
 
 
-def gpu_stitch_labels(image: torch.Tensor, engine, spec) -> np.ndarray:
-    """Sliding window with stitching and argmax on the GPU; only the label map crosses to the host."""
-    from monai.inferers import sliding_window_inference
-
-    from engine_builder.preprocess import background_value
-
-    with torch.inference_mode():
-        logits = sliding_window_inference(image[None].to("cuda"), spec.roi_size, engine.batch_size, engine.infer_torch,
-                                          overlap=spec.overlap, mode="gaussian", padding_mode="constant",
-                                          cval=background_value(spec.intensity), sw_device="cuda", device="cuda")
-        return logits[0].argmax(0).to(torch.uint8).cpu().numpy()
-
-
 class HostLogits:
-    """An engine whose logits come back to the host: what ``inference.predict_labels`` needs today, because it
-    stitches on the image's device (CPU) and MONAI refuses CUDA logits there."""
+    """Diagnostic: an engine whose logits come back to the host, so ``predict_labels`` stitches on the CPU."""
+
+    stitch_device = None
 
     def __init__(self, engine):
         self.engine, self.batch_size = engine, engine.batch_size
@@ -97,22 +84,26 @@ def run(volumes: str, batch: int, repeats: int) -> None:
 
     data = np.load(volumes)
     print(f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}")
-    print("| model (weights) | grid | fp32 b1, cpu stitch (ms) | fp32 b1, gpu stitch (ms) | fp16 fast b%d, cpu stitch (ms) "
-          "| fp16 fast b%d, gpu stitch (ms) | speed-up vs fp32 b1 cpu / gpu stitch | agreement |" % (batch, batch))
+    print("| model (weights) | grid | fp32 b1 (ms) | fp32 b1, TF32 (ms) | fp16 fast b%d (ms) "
+          "| speed-up vs fp32 b1 / TF32 | fp16 fast b%d, host stitch (ms) | agreement |" % (batch, batch))
     print("|---|---|---|---|---|---|---|---|")
+    product = lambda image, engine, spec: predict_labels(image, engine, spec, StageTimer())  # noqa: E731
     for name in MODELS:
         spec, network, weights = network_for(name)
         image = torch.from_numpy(data[name])
         reference = TorchEngine(network, "fp32", 1, "cuda")
-        torch.backends.cudnn.allow_tf32 = False  # true FP32 baseline
-        t32, labels32 = timed(lambda: predict_labels(image, HostLogits(reference), spec, StageTimer()), repeats)
-        t32g, _ = timed(lambda: gpu_stitch_labels(image, reference, spec), repeats)
+        torch.backends.cudnn.benchmark = False  # as a fresh process running FP32 (the fp16 engine turns it on)
+        torch.backends.cudnn.allow_tf32 = False  # strict FP32 baseline
+        t32, labels32 = timed(lambda: product(image, reference, spec), repeats)
+        torch.backends.cudnn.allow_tf32 = True  # torch's default for cuDNN convolutions
+        t32tf, _ = timed(lambda: product(image, reference, spec), repeats)
+        torch.backends.cudnn.allow_tf32 = False
         fast = TorchEngine(network, "fp16", batch, "cuda")
-        t16, _ = timed(lambda: predict_labels(image, HostLogits(fast), spec, StageTimer()), repeats)
-        t16g, labels16 = timed(lambda: gpu_stitch_labels(image, fast, spec), repeats)
+        t16, labels16 = timed(lambda: product(image, fast, spec), repeats)
+        t16h, _ = timed(lambda: product(image, HostLogits(fast), spec), repeats)
         agreement = float((labels16 == labels32).mean())
-        print(f"| {name} ({weights}) | {'x'.join(map(str, image.shape[1:]))} | {t32:.0f} | {t32g:.0f} | {t16:.0f} | {t16g:.0f} | "
-              f"{t32 / t16g:.2f}x / {t32g / t16g:.2f}x | {agreement:.4f} |", flush=True)
+        print(f"| {name} ({weights}) | {'x'.join(map(str, image.shape[1:]))} | {t32:.0f} | {t32tf:.0f} | {t16:.0f} | "
+              f"{t32 / t16:.2f}x / {t32tf / t16:.2f}x | {t16h:.0f} | {agreement:.4f} |", flush=True)
         del reference, fast
         torch.cuda.empty_cache()
 
