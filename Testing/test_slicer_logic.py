@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import oblique_affine
 
 slicer = pytest.importorskip("slicer", reason="slicer-core (pip install slicer-core) provides MRML in plain Python")
 if not hasattr(slicer, "vtkMRMLScene"):
@@ -36,15 +37,8 @@ CALIB_SHAPE, CALIB_SPACING = (96, 96, 48), (4.0, 4.0, 6.0)
 
 
 def oblique(spacing=(4.6, 5.3, 7.5), angles_deg=(12.0, -7.0, 21.0), flips=(-1, 1, -1), origin=(121.5, -37.25, 88.0)) -> np.ndarray:
-    """A voxel-to-RAS affine with anisotropic spacing, axis flips and an oblique rotation."""
-    ax, ay, az = np.deg2rad(angles_deg)
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    affine = np.eye(4)
-    affine[:3, :3] = rz @ ry @ rx @ np.diag(np.asarray(flips, float) * np.asarray(spacing, float))
-    affine[:3, 3] = origin
-    return affine
+    """A voxel-to-RAS affine with anisotropic spacing, axis flips and an oblique rotation (coarse, for speed)."""
+    return oblique_affine(spacing, angles_deg, flips, origin)
 
 
 def phantom_volume(seed: int, shape=(60, 56, 28), affine=None):

@@ -167,14 +167,11 @@ def machine_info(threads: int | None) -> dict:
 
 
 def versions() -> dict[str, str]:
-    import monai
-    import nncf
-    import torch
+    """Installed versions, read from package metadata (no runtime is imported outside backends/)."""
+    from importlib.metadata import version
 
-    from .backends.openvino import ov
-
-    return {"engine_builder": __version__, "git": _git_describe(), "openvino": ov.__version__.split("-")[0],
-            "nncf": nncf.__version__, "torch": torch.__version__, "monai": monai.__version__, "numpy": np.__version__}
+    return {"engine_builder": __version__, "git": _git_describe(), "openvino": version("openvino"),
+            "nncf": version("nncf"), "torch": version("torch"), "monai": version("monai"), "numpy": np.__version__}
 
 
 def _git_describe() -> str | None:
