@@ -178,7 +178,7 @@ def test_ptqseg_info_prints_the_manifest(int8_build):
     assert summary.returncode == 0, summary.stderr
     manifest = int8_build.manifest
     assert "demo (UNet, 8 labels)" in summary.stdout
-    assert f"precision int8" in summary.stdout and manifest["backend_version"] in summary.stdout
+    assert "precision int8" in summary.stdout and manifest["backend_version"] in summary.stdout
     assert f"calibrated mean_minmax on {manifest['calibration']['patches']} patches" in summary.stdout
     assert manifest["calibration"]["set_hash"][:12] in summary.stdout
     assert f"{manifest['accuracy']['argmax_agreement']:.4f}" in summary.stdout
