@@ -63,7 +63,7 @@ def run_demo(workdir: str | Path, input_path: str | Path | None = None, calib: s
     if threads:
         torch.set_num_threads(threads)
     reference = TorchEngine(load_network(spec, resolve_weights(spec)), "fp32", 1)  # what a user runs today
-    window = _demo_window(calib, spec)
+    window = _demo_window(calib, spec, cache)
     latency = {name: measure_ms(lambda e=e: e.infer(window), repeats)["median"]
                for name, e in (("torch_fp32", reference), ("openvino_fp32", engine32), ("openvino_int8", engine8))}
 
@@ -90,12 +90,14 @@ def run_demo(workdir: str | Path, input_path: str | Path | None = None, calib: s
     return figures
 
 
-def _demo_window(calib, spec) -> np.ndarray:
-    """One preprocessed ROI patch from the calibration set (cached by the build), batch of 1."""
+def _demo_window(calib, spec, cache: Path) -> np.ndarray:
+    """The first held-out calibration patch, batch of 1: read from the set the builds above cached."""
     from .calibration import build_calibration_set
 
-    patches = build_calibration_set(calib, spec, patches_per_volume=1, progress=False).patches
-    return patches[:1]
+    request = BuildRequest(model=spec)
+    calibration = build_calibration_set(calib, spec, request.patches_per_volume, seed=request.seed,
+                                        cache_dir=cache / "calibration", progress=False)
+    return calibration.held_out[:1]
 
 
 def summary(figures: dict) -> str:

@@ -102,7 +102,8 @@ def build_engine(request: BuildRequest, out: str | Path | None = None, cache_roo
     if request.precision == "int8" or request.calib is not None:
         calibration = build_calibration_set(request.calib, spec, request.patches_per_volume, seed=request.seed,
                                             cache_dir=cache_root / "calibration", progress=request.progress)
-    key = cache_key(weights=file_sha256(weights_path) if weights_path else "random-init", spec=spec.fingerprint(),
+    weights_sha256 = file_sha256(weights_path) if weights_path else None
+    key = cache_key(weights=weights_sha256 or "random-init", spec=spec.fingerprint(),
                     calibration=calibration.set_hash if calibration and request.precision == "int8" else None,
                     method=request.method or backend.default_method, max_drop=request.max_drop, backend=backend.name,
                     backend_version=backend.version(), precision=request.precision, batch=request.batch_size,
@@ -110,18 +111,20 @@ def build_engine(request: BuildRequest, out: str | Path | None = None, cache_roo
     cached = cache_root / "engines" / key
     target = Path(out) if out else cached
     for candidate in (target, cached):
-        if (candidate / "manifest.json").is_file() and read_manifest(candidate).get("cache_key") == key:
+        manifest = read_manifest(candidate) if (candidate / "manifest.json").is_file() else {}
+        if manifest.get("cache_key") == key:
             if candidate != target:
                 copy_engine(candidate, target)
             log.info("engine cache hit: %s", candidate)
-            return BuildResult(target, read_manifest(target), cache_hit=True)
-    manifest, warnings = _build_into(target, request, spec, backend, network, weights_path, calibration, key)
+            return BuildResult(target, manifest, cache_hit=True)
+    weights = {"file": Path(weights_path).name if weights_path else None, "sha256": weights_sha256}
+    manifest, warnings = _build_into(target, request, spec, backend, network, weights, calibration, key)
     if target != cached:
         copy_engine(target, cached)
     return BuildResult(target, manifest, cache_hit=False, warnings=warnings)
 
 
-def _build_into(target: Path, request: BuildRequest, spec: ModelSpec, backend, network, weights_path,
+def _build_into(target: Path, request: BuildRequest, spec: ModelSpec, backend, network, weights: dict,
                 calibration: CalibrationSet | None, key: str) -> tuple[dict, list[str]]:
     started = time.perf_counter()
     tmp = temporary_dir_for(target)
@@ -150,8 +153,7 @@ def _build_into(target: Path, request: BuildRequest, spec: ModelSpec, backend, n
             "batch_size": request.batch_size,
             "input_shape": [request.batch_size, spec.in_channels, *spec.roi_size],
             "input_name": "image",
-            "weights": {"file": Path(weights_path).name if weights_path else None,
-                        "sha256": file_sha256(weights_path) if weights_path else None},
+            "weights": weights,
             "calibration": _calibration_record(calibration, request, backend),
             "kept_in_float": engine.kept_in_float(),
             "files": files,
