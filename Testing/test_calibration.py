@@ -19,7 +19,8 @@ import pytest
 
 import engine_builder.calibration as calibration
 from conftest import write_dicom_series, write_phantom
-from engine_builder.calibration import build_calibration_set, find_volumes, sample_patches
+from engine_builder.calibration import build_calibration_set, sample_patches
+from engine_builder.sources import find_volumes
 from engine_builder.errors import PTQError
 from engine_builder.io import Volume, write_volume
 from engine_builder.models import get_spec
@@ -46,7 +47,7 @@ def mixed_folder(tmp_path):
 
 def test_recursive_search_finds_files_and_dicom_series(mixed_folder):
     candidates, skipped = find_volumes(mixed_folder)
-    names = sorted(str(p.relative_to(mixed_folder)) for p in candidates)
+    names = sorted(str(p.path.relative_to(mixed_folder)) for p in candidates)
     assert names == ["a.nii.gz", "sub/deeper/b.nrrd", "sub/series"]
     assert sorted(name for name, _ in skipped) == ["README.txt", "sub/notes.json"]
 
@@ -169,6 +170,7 @@ def test_cache_file_is_reused_without_reading(tmp_path, calib_dir, monkeypatch):
 
 def test_volume_smaller_than_roi_calibrates(tmp_path):
     hu = np.full((20, 20, 10), 40, dtype=np.int16)
+    hu[0, 0, 0] = 42  # not a constant volume (those are refused)
     write_volume(Volume(hu, np.diag([*DEMO.spacing_mm, 1.0])), tmp_path / "tiny.nii.gz")  # no resampling
     result = build_calibration_set(tmp_path, DEMO, patches_per_volume=2, progress=False)
     assert result.patches.shape == (2, 1, 96, 96, 96)

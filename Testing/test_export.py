@@ -77,7 +77,8 @@ def test_fp32_engines_match_torch_eager(tmp_path, name):
         folder = tmp_path / f"{backend_name}_engine"
         folder.mkdir()
         engine.save(folder)
-        manifest = {"precision": "fp32", "batch_size": 1, "spec": graph.spec.to_dict()}
+        manifest = {"precision": "fp32", "batch_size": 1, "input_shape": [1, graph.spec.in_channels, *ROI],
+                    "spec": {**graph.spec.to_dict(), "roi_size": list(ROI)}}
         loaded = backend.load(folder, manifest, BuildOptions())
         again = np.concatenate([loaded.infer(p[None]) for p in patches])
         assert relative_l2(logits, again) < 1e-6

@@ -1,9 +1,14 @@
-"""The engine directory: the backend's files + ``manifest.json``, written atomically, and the engine cache.
+"""The engine directory: the backend's files + ``manifest.json``, written atomically, checked on load; the cache.
 
-A build writes into a hidden temporary directory beside the target and renames it into place, so an
-interrupted build leaves no half-made engine (stale temporaries are removed by the next build). The cache
-key covers everything that changes the engine: weights hash, spec, calibration set hash, method, options,
-backend and its version.
+A build writes into a hidden temporary directory beside the target and renames it into place (``files``), so an
+interrupted build leaves no half-made engine. The cache key covers everything that changes the engine: weights
+hash, spec, calibration set hash, method, options, backend and its version.
+
+An engine directory is data from whoever shared it, never code: ``read_manifest`` checks every field the
+project reads against the schema below (types, ranges, the spec's allow-listed architecture, the input shape
+against the spec, the file list against the backend's layout) before anything is loaded, and
+``verify_engine_files`` checks each file's SHA-256 recorded at build time, so a damaged or swapped file is
+"damaged engine: rebuild it", not a crash inside a runtime library.
 """
 
 from __future__ import annotations
@@ -11,16 +16,32 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
-import time
 from pathlib import Path
 
 from .errors import PTQError
+from .files import commit_dir as _commit_dir
+from .files import file_sha256, partial_path, remove_stale_partials
+from .schema import Fields
+from .spec import ModelSpec
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
-_PARTIAL = ".partial-"
-_WINDOWS_STALE_SECONDS = 6 * 3600
+FORMAT_VERSION = 2
+#: The files an engine of each backend consists of (what ``Engine.save`` writes, what ``load`` reads).
+ENGINE_FILES = {
+    "openvino": ("model.xml", "model.bin"),
+    "torch": ("network.pt",),
+    "tensorrt": ("model.plan", "model.onnx", "tensorrt.json"),
+    "tensorrt-rtx": ("model.plan", "model.onnx", "tensorrt.json"),
+}
+PRECISIONS = ("int8", "fp32", "bf16", "fp16")
+_MAX_MANIFEST_BYTES = 16 << 20
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_REBUILD = "rebuild the engine with 'ptqseg build'"
+_FIELDS = {"format_version", "engine_builder_version", "created", "cache_key", "spec", "backend", "backend_version",
+           "precision", "runs_as", "batch_size", "input_shape", "input_name", "weights", "calibration", "kept_in_float",
+           "files", "file_sha256", "sizes", "accuracy", "build_seconds", "machine"}
 
 
 def default_cache_root() -> Path:
@@ -34,7 +55,7 @@ def cache_key(**parts) -> str:
 
 
 def temporary_dir_for(target: Path) -> Path:
-    """A fresh hidden directory beside ``target`` (same filesystem, so the final rename is atomic)."""
+    """A fresh hidden directory beside ``target``; temporaries of dead builds there are removed first."""
     target = Path(target)
     parent = target.parent
     try:
@@ -44,73 +65,105 @@ def temporary_dir_for(target: Path) -> Path:
     if not os.access(parent, os.W_OK):
         raise PTQError(f"{parent} is not writable: choose a writable --out")
     remove_stale_partials(parent)
-    tmp = parent / f".{target.name}{_PARTIAL}{os.getpid()}-{time.monotonic_ns()}"
+    tmp = partial_path(target)
     tmp.mkdir()
     return tmp
 
 
-def remove_stale_partials(parent: Path) -> None:
-    """Delete temporaries left by builds whose process is gone."""
-    for path in Path(parent).glob(f".*{_PARTIAL}*"):
-        try:
-            pid = int(path.name.split(_PARTIAL)[1].split("-")[0])
-        except (IndexError, ValueError):
-            continue
-        if not _build_alive(pid, path):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _build_alive(pid: int, path: Path) -> bool:
-    """Whether the build that owns ``path`` may still be running."""
-    if os.name == "nt":
-        # os.kill(pid, 0) would terminate the process on Windows: judge by age there instead.
-        return time.time() - path.stat().st_mtime < _WINDOWS_STALE_SECONDS
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def commit_dir(tmp: Path, target: Path) -> Path:
-    """Move the finished ``tmp`` into place as ``target``, replacing an older engine there."""
+    """Move the finished ``tmp`` into place as ``target``, replacing an older engine there (never another folder)."""
     target = Path(target)
-    if target.exists():
-        if not (target / MANIFEST).exists() and any(target.iterdir()):
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise PTQError(f"{target} exists and is not an engine directory: choose another --out")
-        old = target.with_name(f".{target.name}{_PARTIAL}{os.getpid()}-old")
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
-    return target
+    if target.exists() and not (target / MANIFEST).exists() and (target.is_file() or any(target.iterdir())):
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise PTQError(f"{target} exists and is not an engine directory: choose another --out")
+    return _commit_dir(tmp, target)
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
-    with open(Path(folder) / MANIFEST, "w") as handle:
+    """Write ``manifest`` into the (temporary) engine folder, with the SHA-256 of every engine file."""
+    folder = Path(folder)
+    manifest["file_sha256"] = {name: file_sha256(folder / name) for name in manifest["files"]}
+    with open(folder / MANIFEST, "w", encoding="utf-8") as handle:
         json.dump(manifest, handle, indent=2, sort_keys=False, default=str)
 
 
 def read_manifest(folder: str | os.PathLike) -> dict:
-    """The manifest of an engine directory; a clear error when ``folder`` is not one."""
+    """The checked manifest of an engine directory; one clear PTQError for anything that is not a sound engine."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise PTQError(f"{folder} is not an engine directory (no {MANIFEST}): build one with 'ptqseg build'")
+    if path.stat().st_size > _MAX_MANIFEST_BYTES:
+        raise PTQError(f"engine {folder}: {MANIFEST} is {path.stat().st_size >> 20} MB, not a manifest: {_REBUILD}")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise PTQError(f"{path} is damaged ({exc.msg}): rebuild the engine") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise PTQError(f"{folder} was written by another engine format ({manifest.get('format_version')}): rebuild it")
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PTQError(f"engine {folder}: {MANIFEST} is damaged ({getattr(exc, 'msg', exc.reason)}): {_REBUILD}") from None
+    validate_manifest(manifest, f"engine {folder}")
     return manifest
+
+
+def validate_manifest(manifest, where: str) -> None:
+    """Check a manifest's fields (see the module docstring); PTQError naming the first bad field."""
+    fields = Fields(manifest, where, _REBUILD)
+    version = fields.integer("format_version")
+    if version != FORMAT_VERSION:
+        raise PTQError(f"{where} was written by another engine format ({version}, this version reads {FORMAT_VERSION}): "
+                       f"{_REBUILD}")
+    fields.only(_FIELDS)
+    backend = fields.string("backend", ENGINE_FILES)
+    fields.string("backend_version", max_length=200)
+    fields.string("precision", PRECISIONS)
+    batch = fields.integer("batch_size", 1, 256)
+    spec = ModelSpec.from_dict(fields.object("spec"))
+    shape = fields.integers("input_shape", 5, 1, 4096)
+    if shape != (batch, spec.in_channels, *spec.roi_size):
+        fields.fail(f"is {list(shape)}, not [batch_size, in_channels, *roi_size] = "
+                    f"{[batch, spec.in_channels, *spec.roi_size]}", "input_shape")
+    files = fields.strings("files", plain_names=True)
+    if sorted(files) != sorted(ENGINE_FILES[backend]):
+        fields.fail(f"lists {files}, a {backend} engine is {list(ENGINE_FILES[backend])}", "files")
+    hashes = fields.object("file_sha256")
+    hashes.only(files)
+    for name in files:
+        if not _SHA256.match(hashes.string(name)):
+            hashes.fail("is not a SHA-256 hex digest", name)
+    _validate_report_fields(fields)
+
+
+def _validate_report_fields(fields: Fields) -> None:
+    """The optional fields that reports (``ptqseg info``, the Slicer panel) read."""
+    for key in ("cache_key", "created", "engine_builder_version", "input_name"):
+        fields.string(key, required=False, max_length=200)
+    fields.number("build_seconds", 0, required=False)
+    fields.strings("kept_in_float", required=False)
+    for key in ("runs_as", "weights", "machine"):
+        fields.object(key, required=False)
+    sizes = fields.object("sizes", required=False)
+    if sizes is not None:
+        sizes.integer("engine_bytes", 0)
+        sizes.integer("fp32_onnx_bytes", 1)
+    for key in ("calibration", "accuracy"):
+        if fields.data.get(key) is not None:
+            fields.object(key)
+
+
+def verify_engine_files(folder: str | os.PathLike, manifest: dict) -> None:
+    """Every engine file present and byte-identical to the build (SHA-256 in the manifest)."""
+    for name in manifest["files"]:
+        path = Path(folder) / name
+        if not path.is_file():
+            raise PTQError(f"damaged engine {folder}: {name} is missing: {_REBUILD}")
+        if file_sha256(path) != manifest["file_sha256"][name]:
+            raise PTQError(f"damaged engine {folder}: {name} is not the file it was built with "
+                           f"(changed, truncated or replaced): {_REBUILD}")
 
 
 def copy_engine(source: Path, target: Path) -> Path:
     """Copy a finished engine directory to ``target`` atomically."""
     tmp = temporary_dir_for(target)
-    shutil.copytree(source, tmp, dirs_exist_ok=True)
-    return commit_dir(tmp, target)
+    try:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        return commit_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -215,7 +215,8 @@ def _calibration_folder(calib, cache_root: Path, volume) -> tuple[Path, dict]:
 def _weights_for(name: str):
     """(spec, weights path or None, description): packaged/downloaded weights if present, else random init."""
     from .models import get_spec
-    from .weights import file_sha256, resolve_weights
+    from .files import file_sha256
+    from .weights import resolve_weights
 
     spec = get_spec(name)
     if spec.weights.kind == "packaged":

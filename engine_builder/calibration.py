@@ -15,15 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PTQError
-from .io import Volume, dicom_series_files, is_volume_file, read_volume
+from .errors import PTQError, without_subject
+from .files import partial_path, remove_path, remove_stale_partials
+from .io import Volume, read_volume
 from .progress import track
 from .preprocess import background_value, foreground_threshold, preprocess
+from .sanity import check_volume
+from .sources import find_volumes, hash_sources, source_name
 from .spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
-_DICOM_SUFFIXES = (".dcm", ".ima", "")
 _FOREGROUND_FRACTION = 0.8  # share of patches centred on body voxels; the rest anywhere
 
 
@@ -51,51 +53,6 @@ class CalibrationSet:
     @property
     def held_out(self) -> np.ndarray:
         return self.patches[len(self.patches) - self.n_held_out :]
-
-
-def find_volumes(folder: str | os.PathLike) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Recursively list volume files and DICOM series folders under ``folder``.
-
-    Returns (candidates, skipped) where skipped holds ``(name, reason)`` for files that are not images.
-    Raises PTQError for a missing or empty folder.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise PTQError(f"calibration folder {folder} does not exist: pass a folder of unlabeled volumes (NIfTI, NRRD or DICOM)")
-    candidates: list[Path] = []
-    skipped: list[tuple[str, str]] = []
-    n_files = 0
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        root_path = Path(root)
-        n_files += len(files)
-        others = []
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            (candidates if is_volume_file(name) else others).append(root_path / name)
-        dicom_like = [p for p in others if p.suffix.lower() in _DICOM_SUFFIXES]
-        if dicom_like and dicom_series_files(root_path):
-            candidates.append(root_path)
-            series = set(dicom_series_files(root_path))
-            others = [p for p in others if str(p) not in series]
-        skipped += [(str(p.relative_to(folder)), "not an image") for p in others]
-    if n_files == 0:
-        raise PTQError(f"calibration folder {folder} is empty: put a few unlabeled volumes in it (NIfTI, NRRD or DICOM)")
-    return candidates, skipped
-
-
-def hash_sources(paths: list[Path]) -> str:
-    """SHA-256 over the bytes of every source file (DICOM folders: their files, sorted)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        files = sorted(path.iterdir()) if path.is_dir() else [path]
-        for file in files:
-            if file.is_file():
-                with open(file, "rb") as handle:
-                    for chunk in iter(lambda: handle.read(1 << 20), b""):
-                        digest.update(chunk)
-    return digest.hexdigest()
 
 
 def sample_patches(image: np.ndarray, roi: tuple[int, int, int], count: int, rng: np.random.Generator,
@@ -146,13 +103,16 @@ def build_calibration_set(folder: str | os.PathLike, spec: ModelSpec, patches_pe
 
     rng = np.random.default_rng(seed)
     all_patches, sources = [], []
-    for path in track(candidates, "calibration", enabled=progress, unit="vol"):
-        name = str(path.relative_to(folder)) if path != Path(folder) else path.name
+    for source in track(candidates, "calibration", enabled=progress, unit="vol"):
+        name = source_name(source, folder)
         try:
-            volume = read_volume(path)
+            volume, warnings = check_volume(read_volume(source), spec, name)
+            for warning in warnings:
+                log.warning("calibration: %s", warning)
         except PTQError as exc:
-            log.warning("calibration: skipped %s (%s)", name, exc)
-            skipped.append((name, str(exc)))
+            reason = without_subject(str(exc), source.path.name)
+            log.warning("calibration: skipped %s (%s)", name, reason)
+            skipped.append((name, reason))
             continue
         all_patches.append(_volume_patches(volume, spec, patches_per_volume, rng))
         sources.append(name)
@@ -182,8 +142,13 @@ def _preprocessing_key(spec: ModelSpec) -> str:
 
 def _save_atomically(path: Path, calibration: CalibrationSet) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, patches=calibration.patches, n_held_out=calibration.n_held_out,
-                 sources=np.array(calibration.sources), skipped=np.array(calibration.skipped, dtype=str).reshape(-1, 2))
-    os.replace(tmp, path)
+    remove_stale_partials(path.parent)
+    tmp = partial_path(path)
+    try:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, patches=calibration.patches, n_held_out=calibration.n_held_out,
+                     sources=np.array(calibration.sources), skipped=np.array(calibration.skipped, dtype=str).reshape(-1, 2))
+        os.replace(tmp, path)
+    except BaseException:
+        remove_path(tmp)
+        raise

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
-from .errors import PTQError
+from .errors import PTQError, without_subject
 from .progress import emit
 
 log = logging.getLogger("ptqseg")
@@ -21,12 +22,14 @@ log = logging.getLogger("ptqseg")
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s: %(message)s")
+    quiet = getattr(args, "quiet", False)
+    level = logging.DEBUG if args.debug else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s")
     for noisy in ("nncf", "openvino"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from .progress import set_mode
 
-    set_mode(args.progress)
+    set_mode("off" if quiet and args.progress == "tqdm" else args.progress)
     try:
         status = int(args.func(args) or 0)
         emit("done", status=status)
@@ -34,12 +37,25 @@ def main(argv: list[str] | None = None) -> int:
     except PTQError as exc:
         if args.debug:
             raise
-        print(f"ptqseg: error: {exc}", file=sys.stderr)
-        emit("error", message=str(exc))
-        return 2
+        return _fail(" ".join(str(exc).split()))
     except KeyboardInterrupt:
-        print("ptqseg: interrupted (no engine was written)", file=sys.stderr)
+        print("ptqseg: interrupted (nothing half-written was kept)", file=sys.stderr)
         return 130
+    except MemoryError:
+        if args.debug:
+            raise
+        return _fail("out of memory: close other programs, or lower --max-memory-gb so that large volumes are refused early")
+    except Exception as exc:  # noqa: BLE001  a bug or an unforeseen input: one line, the traceback with --debug
+        if args.debug:
+            raise
+        return _fail(f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
+                     "(run again with --debug for the traceback, and please report it)")
+
+
+def _fail(message: str) -> int:
+    print(f"ptqseg: error: {message}", file=sys.stderr)
+    emit("error", message=message)
+    return 2
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -77,7 +93,10 @@ def make_parser() -> argparse.ArgumentParser:
     segment.add_argument("--threads", type=int)
     segment.add_argument("--device", default="cpu")
     segment.add_argument("--json", help="write timings and label volumes here")
-    segment.add_argument("--quiet", action="store_true")
+    segment.add_argument("--series", help="DICOM folder with several series: the Series Instance UID to segment, or 'all'")
+    segment.add_argument("--max-memory-gb", type=float,
+                         help="refuse volumes whose resampled grid needs more memory (default: 8 GB or 80%% of RAM)")
+    segment.add_argument("--quiet", action="store_true", help="no progress bars, only warnings and results")
     segment.set_defaults(func=cmd_segment)
 
     info = sub.add_parser("info", help="show an engine's manifest")
@@ -127,63 +146,117 @@ def cmd_build(args) -> int:
 
 
 def cmd_segment(args) -> int:
-    from .inference import segment_file
+    from .outputs import check_label_file, check_not_an_input, check_output_folder, check_writable_file
     from .pipeline import open_engine
+    from .sources import source_files
 
-    engine, spec, manifest = open_engine(args.engine, threads=args.threads, device=args.device)
     source, target = Path(args.input), Path(args.output)
-    if source.is_dir() and not _is_dicom_folder(source):
-        return _segment_folder(source, target, engine, spec, args)
-    result = segment_file(source, target, engine, spec, progress=not args.quiet)
-    emit("result", output=str(target), latency_ms=result.timings_ms, windows=result.windows)
-    print(f"wrote {target}: {result.windows} windows, {result.total_ms / 1e3:.2f} s")
-    print(timings_table(result.timings_ms))
+    if not source.exists():
+        raise PTQError(f"input not found: {source}")
+    budget = None if args.max_memory_gb is None else int(args.max_memory_gb * 2**30)
+    jobs = _file_jobs(source, target, args.series)  # None: a folder of volumes
+    if jobs is None:
+        check_output_folder(target, source)
+    else:
+        for job_source, output in jobs:
+            check_label_file(output, source_files(job_source))
     if args.json:
-        _write_json(args.json, {"engine": str(args.engine), "input": str(source), "output": str(target),
-                                "latency_ms": result.timings_ms, "total_ms": result.total_ms, "windows": result.windows,
-                                "label_volumes_ml": label_volumes_ml(result)})
+        check_not_an_input(Path(args.json), [source] if jobs is None else source_files(jobs[0][0]), "--json")
+        check_writable_file(Path(args.json), "--json")
+    engine, spec, manifest = open_engine(args.engine, threads=args.threads, device=args.device)
+    if jobs is None:
+        return _segment_folder(source, target, engine, spec, args, budget)
+    records = [_segment_one(job_source, output, engine, spec, args, budget) for job_source, output in jobs]
+    if args.json:
+        _write_json(args.json, records[0] if len(records) == 1 else {"engine": str(args.engine), "results": records})
     return 0
 
 
-def _is_dicom_folder(folder: Path) -> bool:
-    from .io import dicom_series_files
+def _file_jobs(source: Path, target: Path, series_choice: str | None):
+    """(source, output) pairs for a file or a DICOM folder (one per chosen series); None for a folder of volumes."""
+    from .io import Source, choose_series, dicom_series
 
-    return bool(dicom_series_files(folder))
+    if not source.is_dir():
+        return [(Source(source), target)]
+    series = dicom_series(source)
+    if not series:
+        return None
+    if series_choice == "all":
+        if len(series) == 1:
+            return [(Source(source), target)]
+        stem, suffix = _stem(target.name), target.name[len(_stem(target.name)):]
+        return [(Source(source, s.uid), target.with_name(f"{stem}_{s.uid or 'no-uid'}{suffix}")) for s in series]
+    chosen = choose_series(source, series, series_choice)
+    return [(Source(source, chosen.uid if len(series) > 1 else None), target)]
 
 
-def _segment_folder(source: Path, target: Path, engine, spec, args) -> int:
-    """Segment every volume under ``source`` into ``target``; skip finished outputs, go on after failures."""
-    from .calibration import find_volumes
+def _segment_one(source, output: Path, engine, spec, args, budget) -> dict:
     from .inference import segment_file
-    from .progress import track
 
-    volumes, _ = find_volumes(source)
+    result = segment_file(source, output, engine, spec, progress=not args.quiet, memory_budget=budget)
+    for warning in result.warnings:
+        log.warning("%s", warning)
+    emit("result", output=str(output), latency_ms=result.timings_ms, windows=result.windows, warnings=result.warnings)
+    print(f"wrote {output}: {result.windows} windows, {result.total_ms / 1e3:.2f} s")
+    if not args.quiet:
+        print(timings_table(result.timings_ms))
+    return {"engine": str(args.engine), "input": str(source), "output": str(output), "latency_ms": result.timings_ms,
+            "total_ms": result.total_ms, "windows": result.windows, "warnings": result.warnings,
+            "label_volumes_ml": label_volumes_ml(result)}
+
+
+def _segment_folder(source: Path, target: Path, engine, spec, args, budget) -> int:
+    """Segment every volume under ``source`` into ``target``; skip finished outputs, go on after failures.
+
+    An output folder inside the input folder is left out of the search (its label maps are not scans).
+    """
+    from .inference import segment_file
+    from .outputs import check_not_an_input, inside
+    from .progress import track
+    from .sources import find_volumes, source_files, source_name
+
+    volumes, _ = find_volumes(source, "input folder", exclude=target if inside(target, source) else None)
     if not volumes:
-        raise PTQError(f"no volume found in {source}")
+        raise PTQError(f"no volume found in input folder {source}: put NIfTI, NRRD or DICOM volumes there")
     done, failed, skipped, records = 0, [], 0, []
-    for path in track(volumes, "volumes", enabled=not args.quiet, unit="vol"):
-        relative = path.relative_to(source)
-        name = str(relative).replace("/", "_") if path.is_dir() else _stem(relative.name)
-        output = target / (str(relative.parent / name) if not path.is_dir() else name)
-        output = output.with_name(output.name + "_seg.nii.gz")
+    for volume in track(volumes, "volumes", enabled=not args.quiet, unit="vol"):
+        name = source_name(volume, source)
+        output = target / _output_name(volume, source)
         if output.exists():
             skipped += 1
             continue
         try:
-            result = segment_file(path, output, engine, spec)
+            check_not_an_input(output, source_files(volume))
+            result = segment_file(volume, output, engine, spec, memory_budget=budget)
         except PTQError as exc:
-            failed.append((str(relative), str(exc)))
-            log.error("%s: %s", relative, exc)
+            reason = without_subject(str(exc), volume.path.name)
+            failed.append((name, reason))
+            log.error("%s: %s", name, reason)
             continue
+        for warning in result.warnings:
+            log.warning("%s", warning)
         done += 1
-        records.append({"input": str(relative), "output": str(output), "latency_ms": result.timings_ms,
-                        "total_ms": result.total_ms})
+        records.append({"input": name, "output": str(output), "latency_ms": result.timings_ms,
+                        "total_ms": result.total_ms, "warnings": result.warnings})
     print(f"segmented {done}, skipped {skipped} already done, failed {len(failed)}")
     for name, reason in failed:
         print(f"  failed: {name}: {reason}")
     if args.json:
         _write_json(args.json, {"segmented": records, "skipped": skipped, "failed": [list(f) for f in failed]})
     return 1 if failed else 0
+
+
+def _output_name(volume, folder: Path) -> Path:
+    """``<relative path without suffix>[_<series uid>]_seg.nii.gz`` (DICOM folders: the folder path, joined by _)."""
+    relative = volume.path.relative_to(folder) if volume.path != folder else Path(volume.path.name)
+    if volume.path.is_dir():
+        name = str(relative).replace(os.sep, "_")
+        parent = Path()
+    else:
+        name, parent = _stem(relative.name), relative.parent
+    if volume.series_uid is not None:
+        name += f"_{volume.series_uid or 'no-uid'}"
+    return parent / f"{name}_seg.nii.gz"
 
 
 def _stem(name: str) -> str:
@@ -196,9 +269,10 @@ def _stem(name: str) -> str:
 
 
 def cmd_info(args) -> int:
-    from .artifact import read_manifest
+    from .artifact import read_manifest, verify_engine_files
 
     manifest = read_manifest(args.engine)
+    verify_engine_files(args.engine, manifest)
     print(json.dumps(manifest, indent=2) if args.json else describe_manifest(manifest))
     return 0
 

@@ -6,3 +6,8 @@ class PTQError(Exception):
 
     The command line prints it without a traceback (unless --debug) and exits non-zero.
     """
+
+
+def without_subject(message: str, name: str) -> str:
+    """``message`` without a leading ``"<name>: "``: a report that lists files names each one once."""
+    return message[len(name) + 2 :] if message.startswith(f"{name}: ") else message

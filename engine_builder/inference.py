@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from .backends.base import Engine
-from .io import Volume, read_volume, write_volume
+from .io import Source, Volume, read_volume, write_volume
 from .progress import Counter
 from .preprocess import background_value, labels_to_input_grid, preprocess
+from .sanity import check_volume
 from .spec import ModelSpec
 
 DEFAULT_MAX_LOGITS_BYTES = 1 << 30
@@ -37,6 +38,7 @@ class Segmentation:
     spec: ModelSpec
     timings_ms: dict[str, float] = field(default_factory=dict)
     windows: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def total_ms(self) -> float:
@@ -126,25 +128,33 @@ def predict_labels(image: torch.Tensor, engine: Engine, spec: ModelSpec, timer: 
 
 
 def segment_volume(volume: Volume, engine: Engine, spec: ModelSpec, timings: dict | None = None,
-                   max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES, progress: bool = False) -> Segmentation:
-    """Segment an in-memory volume (what Slicer hands over) and map the labels back to its grid."""
+                   max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES, progress: bool = False, name: str = "the volume",
+                   memory_budget: int | None = None) -> Segmentation:
+    """Segment an in-memory volume (what Slicer hands over) and map the labels back to its grid.
+
+    The volume is checked first (``sanity.check_volume``): non-finite voxels are replaced with a warning
+    (in ``Segmentation.warnings``), constant volumes and grids over ``memory_budget`` bytes are refused.
+    """
     timer = StageTimer(timings)
     with timer.stage("preprocess"):
+        volume, warnings = check_volume(volume, spec, name, memory_budget)
         prepared = preprocess(volume, spec)
     network_labels = predict_labels(prepared.image, engine, spec, timer, max_logits_bytes, progress)
     with timer.stage("inverse_resample"):
         labels = labels_to_input_grid(network_labels, prepared.affine, volume.shape, volume.affine)
     windows = count_windows(prepared.image.shape[1:], spec.roi_size, spec.overlap)
-    return Segmentation(Volume(labels, volume.affine.copy()), spec, timer.timings, windows)
+    return Segmentation(Volume(labels, volume.affine.copy()), spec, timer.timings, windows, warnings)
 
 
-def segment_file(input_path: str | Path, output_path: str | Path, engine: Engine, spec: ModelSpec,
-                 max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES, progress: bool = False) -> Segmentation:
-    """File (or DICOM folder) in, label file out; timings include reading and writing."""
+def segment_file(input_path: str | Path | Source, output_path: str | Path, engine: Engine, spec: ModelSpec,
+                 max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES, progress: bool = False,
+                 memory_budget: int | None = None) -> Segmentation:
+    """File (or DICOM series) in, label file out; timings include reading and writing."""
     timer = StageTimer()
     with timer.stage("read"):
         volume = read_volume(input_path)
-    result = segment_volume(volume, engine, spec, timer.timings, max_logits_bytes, progress)
+    name = input_path.path.name if isinstance(input_path, Source) else Path(input_path).name
+    result = segment_volume(volume, engine, spec, timer.timings, max_logits_bytes, progress, name, memory_budget)
     with timer.stage("write"):
         write_volume(result.labels, output_path)
     order = ("read", "preprocess", "inference", "argmax", "inverse_resample", "write")

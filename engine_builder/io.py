@@ -12,16 +12,22 @@ maps ``(i, j, k, 1)`` to RAS millimetres. ITK works in LPS; the conversion happe
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import PTQError
+from .files import partial_path, remove_stale_partials
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,43 +58,143 @@ def is_volume_file(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(VOLUME_SUFFIXES)
 
 
-def dicom_series_files(folder: str | os.PathLike) -> list[str]:
-    """The files of the largest DICOM series directly in ``folder`` (empty when there is none)."""
+@dataclass(frozen=True)
+class DicomSeries:
+    """One DICOM series in a folder: its Series Instance UID, its files (sorted by position) and description."""
+
+    uid: str
+    files: tuple[str, ...]
+    description: str = ""
+
+    def describe(self) -> str:
+        text = f"{self.uid or '(no UID)'} ({len(self.files)} files"
+        return text + (f", '{self.description}')" if self.description else ")")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one volume comes from: a volume file, or one DICOM series of a folder (``series_uid``)."""
+
+    path: Path
+    series_uid: str | None = None
+
+    def __str__(self) -> str:
+        return str(self.path) if self.series_uid is None else f"{self.path} [series {self.series_uid or '(no UID)'}]"
+
+
+def dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
+    """The DICOM series directly in ``folder`` (largest first; empty when there is none)."""
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader
-    series = reader.GetGDCMSeriesIDs(str(folder)) or ()
-    files = [reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series]
-    return list(max(files, key=len)) if files else []
+    with itk_messages(Path(folder).name):
+        uids = reader.GetGDCMSeriesIDs(str(folder)) or ()
+        series = [DicomSeries(uid, tuple(reader.GetGDCMSeriesFileNames(str(folder), uid)), "") for uid in uids]
+    series = [DicomSeries(s.uid, s.files, _series_description(s.files[0])) for s in series if s.files]
+    return sorted(series, key=lambda s: -len(s.files))
 
 
-def read_volume(path: str | os.PathLike) -> Volume:
-    """Read a NIfTI/NRRD/MetaImage file or a DICOM series folder.
+def _series_description(first_file: str) -> str:
+    import SimpleITK as sitk
 
-    Raises PTQError with the file name for a missing, unreadable, non-3D or multi-component image.
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(first_file)
+    try:
+        with itk_messages(Path(first_file).name):
+            reader.ReadImageInformation()
+        return reader.GetMetaData("0008|103e").strip() if reader.HasMetaDataKey("0008|103e") else ""
+    except RuntimeError:
+        return ""
+
+
+def choose_series(folder: Path, series: list[DicomSeries], series_uid: str | None) -> DicomSeries:
+    """The series to read: the only one, or the one named; several without a choice is an error listing them."""
+    if series_uid is not None:
+        chosen = [s for s in series if s.uid == series_uid]
+        if not chosen:
+            raise PTQError(f"{folder.name}: has no DICOM series {series_uid}; it has "
+                           + "; ".join(s.describe() for s in series))
+        return chosen[0]
+    if len(series) > 1:
+        raise PTQError(f"{folder.name}: holds {len(series)} DICOM series: " + "; ".join(s.describe() for s in series)
+                       + ": pass --series UID for one, or --series all to segment each")
+    return series[0]
+
+
+def read_volume(path: str | os.PathLike | Source, series_uid: str | None = None) -> Volume:
+    """Read a NIfTI/NRRD/MetaImage file or a DICOM series folder (``series_uid`` picks one of several series).
+
+    Raises PTQError with the file name for a missing, unreadable, non-3D or multi-component image, and for a
+    folder with several series when none is chosen.
     """
     import SimpleITK as sitk
 
+    if isinstance(path, Source):
+        path, series_uid = path.path, path.series_uid
     path = Path(path)
     if not path.exists():
         raise PTQError(f"input not found: {path}")
     try:
         if path.is_dir():
-            files = dicom_series_files(path)
-            if not files:
+            series = dicom_series(path)
+            if not series:
                 raise PTQError(f"{path} is a folder with no DICOM series in it: pass a volume file or a DICOM series folder")
             reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(files)
-            image = reader.Execute()
+            reader.SetFileNames(list(choose_series(path, series, series_uid).files))
+            with itk_messages(path.name):
+                image = reader.Execute()
         else:
             if not is_volume_file(path):
                 raise PTQError(f"{path.name}: not a supported volume format (use {', '.join(VOLUME_SUFFIXES)} or a DICOM folder)")
-            image = sitk.ReadImage(str(path))
+            with itk_messages(path.name):
+                image = sitk.ReadImage(str(path))
             _check_gzip_complete(path, image)
     except RuntimeError as exc:  # ITK reports unreadable files as RuntimeError
         first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
         raise PTQError(f"{path.name}: cannot be read as an image ({first_line[:160]}); is the file complete and uncorrupted?") from None
     return _to_volume(image, path.name)
+
+
+@contextmanager
+def itk_messages(subject: str):
+    """Catch what ITK and GDCM print on the C-level stderr while reading, and log it in one line each.
+
+    GDCM warns "No Series were found" for every folder without DICOM (noise: dropped); ITK's series reader warns
+    about missing or unevenly spaced slices (worth a warning, said once and shortly).
+    """
+    captured = []
+    with _capture_fd(2, captured):
+        yield
+    for block in "".join(captured).split("WARNING:"):
+        text = " ".join(block.split())
+        if not text or "No Series were found" in text:
+            continue
+        if "Non uniform sampling or missing slices" in text:
+            worst = text.rsplit("nonuniformity:", 1)[-1].strip() if "nonuniformity:" in text else "?"
+            log.warning("%s: slices are missing or unevenly spaced (worst gap off by %s slice spacings); "
+                        "the volume is read as evenly spaced", subject, worst)
+        else:
+            log.debug("%s: ITK says: %s", subject, text[:300])
+
+
+@contextmanager
+def _capture_fd(fd: int, sink: list):
+    """Redirect file descriptor ``fd`` into a temporary file for the block; its text is appended to ``sink``."""
+    try:
+        saved = os.dup(fd)
+    except OSError:  # no such descriptor (embedded interpreters): nothing to capture
+        yield
+        return
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as buffer:
+        os.dup2(buffer.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            buffer.seek(0)
+            sink.append(buffer.read().decode("utf-8", errors="replace"))
 
 
 def _check_gzip_complete(path: Path, image) -> None:
@@ -169,11 +275,14 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True)
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
     image.SetDirection(direction)
-    suffix = next(s for s in VOLUME_SUFFIXES if str(path).lower().endswith(s))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial{suffix}")
+    remove_stale_partials(folder)
+    tmp = partial_path(path)
     try:
         sitk.WriteImage(image, str(tmp), useCompression=compress)
         os.replace(tmp, path)
     except (RuntimeError, OSError) as exc:
         tmp.unlink(missing_ok=True)
         raise PTQError(f"cannot write {path}: {str(exc).strip().splitlines()[-1][:160]}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

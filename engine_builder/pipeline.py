@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .artifact import (FORMAT_VERSION, cache_key, commit_dir, copy_engine, default_cache_root, read_manifest,
-                       temporary_dir_for, write_manifest)
+from .artifact import (ENGINE_FILES, FORMAT_VERSION, cache_key, commit_dir, copy_engine, default_cache_root,
+                       read_manifest, temporary_dir_for, verify_engine_files, write_manifest)
 from .backends import BuildOptions, FP32Graph, get_backend
 from .backends.base import folder_size
 from .calibration import CalibrationSet, build_calibration_set
@@ -30,7 +30,8 @@ from .export import export_onnx
 from .models import get_spec
 from .progress import stage
 from .spec import ModelSpec
-from .weights import file_sha256, load_network, resolve_weights
+from .files import file_sha256
+from .weights import load_network, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def build_engine(request: BuildRequest, out: str | Path | None = None, cache_roo
     cached = cache_root / "engines" / key
     target = Path(out) if out else cached
     for candidate in (target, cached):
-        manifest = read_manifest(candidate) if (candidate / "manifest.json").is_file() else {}
+        manifest = _finished_engine(candidate)
         if manifest.get("cache_key") == key:
             if candidate != target:
                 copy_engine(candidate, target)
@@ -122,6 +123,19 @@ def build_engine(request: BuildRequest, out: str | Path | None = None, cache_roo
     if target != cached:
         copy_engine(target, cached)
     return BuildResult(target, manifest, cache_hit=False, warnings=warnings)
+
+
+def _finished_engine(folder: Path) -> dict:
+    """The manifest of a sound engine in ``folder``; {} for none, an older format or a damaged one (rebuilt)."""
+    if not (folder / "manifest.json").is_file():
+        return {}
+    try:
+        manifest = read_manifest(folder)
+        verify_engine_files(folder, manifest)
+    except PTQError as exc:
+        log.info("not reusing %s: %s", folder, exc)
+        return {}
+    return manifest
 
 
 def _build_into(target: Path, request: BuildRequest, spec: ModelSpec, backend, network, weights: dict,
@@ -137,6 +151,8 @@ def _build_into(target: Path, request: BuildRequest, spec: ModelSpec, backend, n
             with stage("quantize" if request.precision == "int8" else "compile"):
                 engine = backend.build(graph, calib, request.precision, request.options(), held_out_patches=held_out)
             files = engine.save(tmp)
+            if sorted(files) != sorted(ENGINE_FILES[backend.name]):
+                raise RuntimeError(f"backend {backend.name} wrote {files}, not its engine layout {ENGINE_FILES[backend.name]}")
             fp32_bytes = onnx_path.stat().st_size
         with stage("accuracy_check"):
             accuracy, warnings = _accuracy_check(engine, network, calibration, spec, request)
@@ -200,8 +216,13 @@ def _accuracy_check(engine, network, calibration, spec: ModelSpec, request: Buil
 
 
 def open_engine(engine_dir: str | Path, threads: int | None = None, device: str = "cpu"):
-    """Load a built engine: returns (engine, spec, manifest)."""
+    """Load a built engine: returns (engine, spec, manifest).
+
+    The manifest is checked field by field and every engine file against its build-time SHA-256 before any
+    runtime reads it (an engine directory is data from whoever shared it).
+    """
     manifest = read_manifest(engine_dir)
+    verify_engine_files(engine_dir, manifest)
     backend = get_backend(manifest["backend"])
     if manifest.get("backend_version") != backend.version():
         log.warning("engine %s was built with %s; this machine has %s", engine_dir, manifest.get("backend_version"),

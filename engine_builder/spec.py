@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from .architectures import is_allowed, network_class
 from .errors import PTQError
+from .schema import Fields, plain_json
+
+INTENSITY_KINDS = ("window", "zscore")
+WEIGHTS_KINDS = ("packaged", "monai_bundle", "none")
+_AXES = ("LR", "PA", "IS")
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,7 @@ class Intensity:
     b_max: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("window", "zscore"):
+        if self.kind not in INTENSITY_KINDS:
             raise PTQError(f"unknown intensity normalisation '{self.kind}': use 'window' or 'zscore'")
 
 
@@ -110,30 +115,84 @@ class ModelSpec:
         return [label.name for label in self.labels]
 
     def build_network(self):
-        """Instantiate the torch network (random weights), in eval mode."""
-        module_name, _, class_name = self.architecture.rpartition(".")
-        network_class = getattr(importlib.import_module(module_name), class_name)
-        return network_class(**_plain(self.arch_args)).eval()
+        """Instantiate the torch network (random weights), in eval mode; only allow-listed architectures."""
+        return network_class(self.architecture)(**_plain(self.arch_args)).eval()
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ModelSpec":
-        data = dict(data)
-        data["labels"] = tuple(
-            Label(value=l["value"], name=l["name"], color=tuple(l["color"]), terminology=l.get("terminology"))
-            for l in data["labels"]
+    def from_dict(cls, data: Any, where: str = "model spec", hint: str = "") -> "ModelSpec":
+        """A spec from untrusted JSON (a manifest's ``spec``, a user's spec file), every field checked.
+
+        Refuses unknown fields, wrong types and out-of-range values with one line naming the field; the
+        architecture must be allow-listed (``architectures.py``) and its arguments plain JSON.
+        """
+        fields = data if isinstance(data, Fields) else Fields(data, where, hint)
+        fields.only(f.name for f in dataclasses.fields(cls))
+        architecture = fields.string("architecture")
+        if not is_allowed(architecture):
+            fields.fail(f"names {architecture!r}, which is not an allow-listed network architecture", "architecture")
+        arch_args = fields.object("arch_args")
+        labels = tuple(_label_from(item) for item in fields.objects("labels", 2, 4096))
+        if [label.value for label in labels] != list(range(len(labels))):
+            fields.fail("must have values 0..N-1 in order", "labels")
+        out_channels = arch_args.data.get("out_channels", len(labels))
+        if out_channels != len(labels):
+            fields.fail(f"has {len(labels)} labels but the network has {out_channels} output channels", "labels")
+        orientation = fields.string("orientation", required=False, default="RAS")
+        if sorted(next((i for i, pair in enumerate(_AXES) if c in pair), -1) for c in orientation) != [0, 1, 2]:
+            fields.fail(f"is {orientation!r}, not three axis codes such as 'RAS' or 'LPS'", "orientation")
+        return cls(
+            name=fields.string("name", plain_name=True),
+            description=fields.string("description", required=False, default=""),
+            architecture=architecture,
+            arch_args=plain_json(arch_args.data, fields, "arch_args"),
+            labels=labels,
+            roi_size=fields.integers("roi_size", 3, 8, 1024),
+            spacing_mm=fields.numbers("spacing_mm", 3, 0.0, 100.0, lo_open=True),
+            orientation=orientation,
+            intensity=_intensity_from(fields.object("intensity")),
+            overlap=fields.number("overlap", 0.0, 0.95, required=False, default=0.25),
+            weights=_weights_from(fields.object("weights", required=False)),
+            modality=fields.string("modality", required=False, default="CT", max_length=32),
+            clinical_use=fields.boolean("clinical_use", required=False, default=False),
         )
-        data["roi_size"] = tuple(data["roi_size"])
-        data["spacing_mm"] = tuple(data["spacing_mm"])
-        data["intensity"] = Intensity(**data["intensity"])
-        data["weights"] = WeightsSource(**data["weights"])
-        return cls(**data)
 
     def fingerprint(self) -> str:
         """SHA-256 of the spec's canonical JSON: part of the engine cache key."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def _label_from(fields: Fields) -> Label:
+    fields.only(f.name for f in dataclasses.fields(Label))
+    extra = {f.name: fields.string(f.name, required=False, default=f.default, max_length=256)
+             for f in dataclasses.fields(Label) if f.name not in ("value", "name", "color")}
+    return Label(value=fields.integer("value", 0, 1 << 16), name=fields.string("name", max_length=128),
+                 color=fields.integers("color", 3, 0, 255) if fields.has("color") else (128, 128, 128), **extra)
+
+
+def _intensity_from(fields: Fields) -> Intensity:
+    fields.only(f.name for f in dataclasses.fields(Intensity))
+    intensity = Intensity(kind=fields.string("kind", INTENSITY_KINDS),
+                          **{k: fields.number(k, required=False, default=getattr(Intensity, k))
+                             for k in ("a_min", "a_max", "b_min", "b_max")})
+    if intensity.kind == "window" and not intensity.a_min < intensity.a_max:
+        fields.fail(f"has a_min {intensity.a_min} >= a_max {intensity.a_max}", "a_min")
+    return intensity
+
+
+def _weights_from(fields: Fields | None) -> WeightsSource:
+    if fields is None:
+        return WeightsSource()
+    fields.only(f.name for f in dataclasses.fields(WeightsSource))
+    kind = fields.string("kind", WEIGHTS_KINDS)
+    path = fields.string("path", required=False, default="", max_length=512)
+    escapes = "\\" in path or path.startswith("/") or ".." in path.split("/")
+    if escapes or (kind == "packaged" and "/" in path):
+        fields.fail(f"is {path!r}: a weights path must stay inside its package or bundle", "path")
+    return WeightsSource(kind=kind, name=fields.string("name", required=False, default="", plain_name=False, max_length=256),
+                         path=path, sha256=fields.string("sha256", required=False, default="", max_length=64))
 
 
 def _plain(value: Any) -> Any:

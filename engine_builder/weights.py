@@ -8,7 +8,6 @@ the missing and unexpected keys.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 from pathlib import Path
@@ -16,18 +15,11 @@ from pathlib import Path
 import torch
 
 from .errors import PTQError
+from .files import file_sha256
 from .spec import ModelSpec
 
 PACKAGED_WEIGHTS = Path(__file__).parent / "models" / "weights"
 _WRAPPER_KEYS = ("state_dict", "model", "network_weights", "model_state_dict", "net")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def resolve_weights(spec: ModelSpec, weights: str | os.PathLike | None = None, download_dir: str | os.PathLike | None = None) -> Path:

@@ -211,7 +211,7 @@ class PTQSegmentLogic:
             return
         if not calibrationFolder or not str(calibrationFolder).strip():
             raise InputError("INT8 needs calibration data: choose a folder of unlabeled volumes, or tick \"use the volumes loaded in the scene\".")
-        from engine_builder.calibration import find_volumes
+        from engine_builder.sources import find_volumes
 
         try:
             candidates, skipped = find_volumes(calibrationFolder)

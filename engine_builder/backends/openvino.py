@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -138,7 +139,12 @@ class OpenVINOBackend(Backend):
         return OpenVINOEngine(model, precision, graph.batch_size, options.threads)
 
     def load(self, folder: Path, manifest: dict, options: BuildOptions) -> Engine:
-        model = ov.Core().read_model(str(Path(folder) / MODEL_FILE))
+        try:
+            model = ov.Core().read_model(str(Path(folder) / MODEL_FILE))
+        except RuntimeError as exc:
+            raise PTQError(f"damaged engine {folder}: OpenVINO cannot read {MODEL_FILE} "
+                           f"({_first_line(exc)}): rebuild the engine with 'ptqseg build'") from None
+        check_graph_shapes(model, manifest, folder)
         return OpenVINOEngine(model, manifest["precision"], int(manifest["batch_size"]), options.threads)
 
     def _quantize(self, model, graph: FP32Graph, calibration_patches, held_out_patches, options: BuildOptions):
@@ -154,6 +160,12 @@ class OpenVINOBackend(Backend):
             activations_range_estimator_params=getattr(RangeEstimatorParametersSet, METHODS[method]))
         common = dict(preset=nncf.QuantizationPreset.PERFORMANCE, target_device=nncf.TargetDevice.CPU,
                       subset_size=len(batches), ignored_scope=_ignored(options.keep_float))
+        with _nncf_progress(options.progress):
+            return self._run_quantizer(model, graph, batches, held_out_patches, options, advanced, common)
+
+    def _run_quantizer(self, model, graph, batches, held_out_patches, options, advanced, common):
+        import nncf
+
         if options.max_drop is None:
             return nncf.quantize(model, nncf.Dataset(batches), advanced_parameters=advanced, **common)
         if held_out_patches is None or len(held_out_patches) == 0:
@@ -170,6 +182,39 @@ class OpenVINOBackend(Backend):
             model, nncf.Dataset(batches), nncf.Dataset(validation, lambda item: item[0]), agreement,
             max_drop=float(options.max_drop), drop_type=nncf.DropType.ABSOLUTE,
             advanced_quantization_parameters=advanced, **common)
+
+
+@contextmanager
+def _nncf_progress(show: bool):
+    """NNCF draws its own (rich) progress bars: silence them unless the user sees ptqseg's own bars."""
+    from rich import get_console
+
+    from ..progress import mode
+
+    console = get_console()
+    quiet_before = console.quiet
+    console.quiet = quiet_before or not (show and mode() == "tqdm")
+    try:
+        yield
+    finally:
+        console.quiet = quiet_before
+
+
+def check_graph_shapes(model, manifest: dict, folder) -> None:
+    """The graph's one input and one output have the shapes the manifest promises: (batch, C, *roi) in,
+    (batch, labels, *roi) out."""
+    expected_in = list(manifest["input_shape"])
+    expected_out = [expected_in[0], len(manifest["spec"]["labels"]), *expected_in[2:]]
+    for kind, ports, expected in (("input", model.inputs, expected_in), ("output", model.outputs, expected_out)):
+        shapes = [str(port.get_partial_shape()) for port in ports]
+        if len(ports) != 1 or not ports[0].get_partial_shape().is_static or list(ports[0].get_shape()) != expected:
+            raise PTQError(f"engine {folder}: the graph's {kind} is {', '.join(shapes)}, the manifest says {expected}: "
+                           "rebuild the engine with 'ptqseg build'")
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:160]
 
 
 def _batches(patches: np.ndarray, batch_size: int) -> list[np.ndarray]:

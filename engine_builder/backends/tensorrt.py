@@ -29,6 +29,7 @@ import torch
 
 from ..artifact import default_cache_root
 from ..errors import PTQError
+from ..files import atomic_write_bytes
 from . import modelopt_qdq
 from .base import Backend, BuildOptions, Engine, FP32Graph
 
@@ -134,7 +135,7 @@ def build_plan(trt, graph_path: Path, batch_size: int, options: BuildOptions, ti
     if plan is None:
         raise PTQError(f"{trt.__name__} could not build {Path(graph_path).name}: " + ("; ".join(logger.errors[-3:]) or "no reason given"))
     if cache is not None:
-        _write_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
+        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(plan)
 
 
@@ -151,13 +152,6 @@ def _add_batch_profile(builder, network, config, batch_size: int) -> None:
             profile.set_shape(tensor.name, (1, *rest), (batch_size, *rest), (batch_size, *rest))
     if dynamic:
         config.add_optimization_profile(profile)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def timing_cache_path(trt) -> Path:
@@ -358,7 +352,12 @@ class TensorRTBackend(Backend):
     def load(self, folder: Path, manifest: dict, options: BuildOptions) -> Engine:
         folder = Path(folder)
         trt = self.library.load()
-        report = json.loads((folder / REPORT_FILE).read_text())
+        try:
+            report = json.loads((folder / REPORT_FILE).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            report = None
+        if not isinstance(report, dict):
+            raise PTQError(f"damaged engine {folder}: {REPORT_FILE} is not a report object: rebuild the engine")
         engine = TensorRTEngine(self.library, (folder / PLAN_FILE).read_bytes(), (folder / GRAPH_FILE).read_bytes(),
                                 manifest["precision"], int(manifest["batch_size"]), report,
                                 bool(options.extra.get("cuda_graph")))

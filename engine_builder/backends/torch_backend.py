@@ -16,6 +16,7 @@ import torch
 
 from ..errors import PTQError
 from ..spec import ModelSpec
+from ..weights import load_state_dict
 from .base import Backend, BuildOptions, Engine, FP32Graph
 
 STATE_FILE = "network.pt"
@@ -40,8 +41,12 @@ class TorchEngine(Engine):
     def infer_torch(self, batch: torch.Tensor) -> torch.Tensor:
         if self.fast_gpu:
             return self._replay(batch)
-        with torch.inference_mode(), torch.autocast(self.device.type, torch.float16, enabled=self.precision == "fp16"):
-            return self.network(batch.to(self.device, torch.float32)).float()
+        try:
+            with torch.inference_mode(), torch.autocast(self.device.type, torch.float16, enabled=self.precision == "fp16"):
+                return self.network(batch.to(self.device, torch.float32)).float()
+        except RuntimeError as exc:  # e.g. a ROI the network's strides do not divide
+            raise PTQError(f"the network cannot run on a {list(batch.shape)} window ({str(exc).splitlines()[0][:160]}): "
+                           "the engine's ROI does not fit its network; rebuild the engine") from None
 
     def _forward_fp16(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cuda", torch.float16):
@@ -91,9 +96,20 @@ class TorchBackend(Backend):
         return TorchEngine(graph.network, precision, graph.batch_size, options.device)
 
     def load(self, folder: Path, manifest: dict, options: BuildOptions) -> Engine:
+        """The network named by the (checked, allow-listed) spec with the engine's plain state dict."""
         self._check(manifest["precision"], options.device)
-        network = ModelSpec.from_dict(manifest["spec"]).build_network()
-        network.load_state_dict(torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True))
+        spec = ModelSpec.from_dict(manifest["spec"], f"engine {folder}")
+        try:
+            network = spec.build_network()
+        except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
+            raise PTQError(f"engine {folder}: {spec.architecture} cannot be built with the manifest's arch_args "
+                           f"({str(exc).splitlines()[0][:160]}): rebuild the engine") from None
+        state = load_state_dict(Path(folder) / STATE_FILE)
+        try:
+            network.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise PTQError(f"engine {folder}: {STATE_FILE} does not fit its spec's network "
+                           f"({str(exc).splitlines()[0][:160]}): rebuild the engine") from None
         return TorchEngine(network, manifest["precision"], int(manifest["batch_size"]), options.device)
 
     def _check(self, precision: str, device: str) -> None:
