@@ -185,3 +185,62 @@ def test_ptqseg_info_prints_the_manifest(int8_build):
     assert "convolutions" in summary.stdout and "u8" in summary.stdout
     full = run_cli("info", "--json", str(int8_build.engine_dir))
     assert full.returncode == 0 and json.loads(full.stdout) == manifest
+
+
+def _commit_many(target: str, index: int, start_at: float, rounds: int) -> None:
+    """One of several processes committing engines into the same target at the same instants."""
+    from engine_builder.artifact import commit_dir, temporary_dir_for
+
+    while time.time() < start_at:
+        time.sleep(0.001)
+    for n in range(rounds):
+        tmp = temporary_dir_for(Path(target))
+        (tmp / "model.bin").write_bytes(f"{index}-{n}".encode() * 1000)
+        (tmp / "manifest.json").write_text(json.dumps({"writer": index, "round": n}))
+        commit_dir(tmp, Path(target))
+
+
+def test_concurrent_commits_into_one_target_never_fail(tmp_path):
+    import multiprocessing
+
+    target = tmp_path / "engine"
+    context = multiprocessing.get_context("spawn")
+    start_at = time.time() + 3.0
+    workers = [context.Process(target=_commit_many, args=(str(target), i, start_at, 30)) for i in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    assert [w.exitcode for w in workers] == [0, 0, 0, 0]
+    manifest = json.loads((target / "manifest.json").read_text())
+    assert (target / "model.bin").read_bytes() == f"{manifest['writer']}-{manifest['round']}".encode() * 1000
+    assert sorted(p.name for p in target.iterdir()) == ["manifest.json", "model.bin"]
+    assert _partials(tmp_path) == []
+
+
+def test_engine_moved_aside_by_a_killed_build_is_put_back(tmp_path):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)
+    # A build killed between its two renames: the old engine moved aside, the new one not yet in place.
+    aside = tmp_path / f".engine.partial-{dead_pid}-x-old-12345"
+    aside.mkdir()
+    (aside / "manifest.json").write_text('{"the": "old engine"}')
+    remove_stale_partials(tmp_path)
+    assert (tmp_path / "engine" / "manifest.json").read_text() == '{"the": "old engine"}'
+    assert _partials(tmp_path) == []
+    # A stale aside whose target exists again is just removed.
+    aside.mkdir()
+    remove_stale_partials(tmp_path)
+    assert not aside.exists() and (tmp_path / "engine" / "manifest.json").is_file()
+
+
+def test_job_token_names_the_temporaries_of_a_job(tmp_path, monkeypatch):
+    from engine_builder.files import partial_owner, remove_job_partials
+
+    monkeypatch.setenv("PTQSEG_JOB_TOKEN", "slicer_job_7")
+    tmp = temporary_dir_for(tmp_path / "engine")
+    assert partial_owner(tmp) == (os.getpid(), "slicer_job_7")
+    monkeypatch.setenv("PTQSEG_JOB_TOKEN", "other")
+    other = temporary_dir_for(tmp_path / "engine")
+    assert remove_job_partials(tmp_path, "slicer_job_7") == [tmp]
+    assert not tmp.exists() and other.exists()

@@ -161,3 +161,16 @@ def test_write_errors_are_clear(tmp_path):
     with pytest.raises(PTQError, match="suffix"):
         write_volume(_volume(), tmp_path / "out.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["somefile.txt"]  # no temporaries left behind
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_non_finite_voxels_are_read_as_they_are(tmp_path, suffix):
+    """ITK's NIfTI reader turns NaN into 0 (soft tissue in HU); the reader must hand them over as NaN/inf."""
+    array = np.linspace(-1000, 1000, 8 * 9 * 10, dtype=np.float32).reshape(8, 9, 10)
+    array[2, 3, 4] = np.nan
+    array[5, :, 0] = np.inf
+    write_volume(Volume(array, np.diag([1.5, 2.0, 3.0, 1.0])), tmp_path / f"holes{suffix}")
+    back = read_volume(tmp_path / f"holes{suffix}").array
+    assert np.isnan(back[2, 3, 4]) and np.isinf(back[5, :, 0]).all()
+    finite = np.isfinite(array)
+    np.testing.assert_array_equal(back[finite], array[finite])

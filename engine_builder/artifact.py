@@ -73,10 +73,21 @@ def temporary_dir_for(target: Path) -> Path:
 def commit_dir(tmp: Path, target: Path) -> Path:
     """Move the finished ``tmp`` into place as ``target``, replacing an older engine there (never another folder)."""
     target = Path(target)
-    if target.exists() and not (target / MANIFEST).exists() and (target.is_file() or any(target.iterdir())):
+    if not _replaceable(target):
         shutil.rmtree(tmp, ignore_errors=True)
         raise PTQError(f"{target} exists and is not an engine directory: choose another --out")
     return _commit_dir(tmp, target)
+
+
+def _replaceable(target: Path) -> bool:
+    """Absent, empty, or an engine directory: one listing, so a concurrent replacement cannot fool the check."""
+    try:
+        entries = os.listdir(target)
+    except FileNotFoundError:
+        return True
+    except NotADirectoryError:
+        return False
+    return not entries or MANIFEST in entries
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:

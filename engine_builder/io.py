@@ -152,7 +152,31 @@ def read_volume(path: str | os.PathLike | Source, series_uid: str | None = None)
     except RuntimeError as exc:  # ITK reports unreadable files as RuntimeError
         first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
         raise PTQError(f"{path.name}: cannot be read as an image ({first_line[:160]}); is the file complete and uncorrupted?") from None
-    return _to_volume(image, path.name)
+    volume = _to_volume(image, path.name)
+    if path.is_file() and path.name.lower().endswith((".nii", ".nii.gz")):
+        _restore_nifti_non_finite(path, volume)
+    return volume
+
+
+def _restore_nifti_non_finite(path: Path, volume: Volume) -> None:
+    """Put back the NaN/inf voxels of a floating-point NIfTI file, which ITK's NIfTI reader turns into 0.
+
+    0 is soft tissue in HU: a scan with a NaN-padded border would be read as a block of organ. nibabel reads the
+    raw values (same [i, j, k] order); only float files are read twice, and only when ITK gave a float image.
+    """
+    if not np.issubdtype(volume.array.dtype, np.floating):
+        return
+    import nibabel
+
+    image = nibabel.load(str(path))
+    if not np.issubdtype(image.header.get_data_dtype(), np.floating):
+        return
+    raw = np.asanyarray(image.dataobj)
+    if raw.shape != volume.array.shape:
+        return
+    non_finite = ~np.isfinite(raw)
+    if non_finite.any():
+        volume.array[non_finite] = raw[non_finite]
 
 
 @contextmanager
