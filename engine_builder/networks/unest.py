@@ -18,8 +18,8 @@ embedding (128, 256, 512), depths (2, 2, 8), heads (4, 8, 16), MLP ratio 4, deco
 
 Shapes: input (batch, in_channels, S, S, S) with S = ``img_size``; output (batch, out_channels, S, S, S).
 The position embeddings are sized for ``img_size``, so the ROI is fixed at construction (96 in the bundle);
-``img_size / patch_size`` must be a multiple of 8 (four blocks per edge at the first level, an even grid at
-the last), e.g. 32, 64 or 96 with patch size 4.
+``img_size / patch_size`` must be a multiple of 8 and at least 16 (four blocks per edge at the first level,
+an even grid of at least 4 at the last), e.g. 64 or 96 with patch size 4.
 
 Implemented from the paper; module attribute names were chosen so that ``state_dict()`` has exactly the keys
 and shapes of the bundle's checkpoint ``models/model.pt`` (downloaded from
@@ -122,8 +122,11 @@ class NestedEncoder(nn.Module):
             raise ValueError(f"UNesT: img_size {img_size} is not a multiple of patch_size {patch_size}")
         grid = img_size // patch_size
         blocks_per_edge = 2 ** (len(depths) - 1)  # halves with every aggregation, one block at the last level
-        if grid % (2 * blocks_per_edge):
-            raise ValueError(f"UNesT: img_size / patch_size ({grid}) must be a multiple of {2 * blocks_per_edge}")
+        # The deepest level is one block of block_size³ tokens, halved once more by the bottleneck convolution:
+        # an even edge of at least 4 keeps more than one voxel there for its instance norm.
+        if grid % (2 * blocks_per_edge) or grid < 4 * blocks_per_edge:
+            raise ValueError(f"UNesT: img_size / patch_size ({grid}) must be a multiple of {2 * blocks_per_edge} "
+                             f"and at least {4 * blocks_per_edge}")
         block_size = grid // blocks_per_edge  # tokens per block edge, the same at every level
         self.patch_embed = PatchEmbedding(in_channels, embed_dim[0], patch_size)
         self.levels = nn.ModuleList(
