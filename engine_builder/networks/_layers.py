@@ -1,4 +1,4 @@
-"""Small layers shared by the transformer networks of this package."""
+"""Layers and the encoder-decoder pass shared by the networks of this package."""
 
 from __future__ import annotations
 
@@ -45,3 +45,23 @@ class Wrapped(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
+
+
+def unet_pass(x: torch.Tensor, encoder: nn.ModuleList, upsamplers: nn.ModuleList, decoder: nn.ModuleList,
+              bottleneck=None) -> torch.Tensor:
+    """The nnU-Net-style encoder-decoder pass shared by STU-Net and TransUNet.
+
+    Every encoder stage but the deepest keeps its output as a skip; the deepest stage's output (through
+    ``bottleneck`` where given) is upsampled, concatenated with the matching skip and decoded, deepest first.
+    Returns the full-resolution decoder features (the segmentation head is the caller's).
+    """
+    skips = []
+    for stage in encoder[:-1]:
+        x = stage(x)
+        skips.append(x)
+    x = encoder[-1](x)
+    if bottleneck is not None:
+        x = bottleneck(x)
+    for upsample, stage, skip in zip(upsamplers, decoder, reversed(skips)):
+        x = stage(torch.cat((upsample(x), skip), dim=1))
+    return x

@@ -39,6 +39,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ._layers import unet_pass
+
 SIZES = {
     "S": dict(dims=(16, 32, 64, 128, 256, 256), depth=(1,) * 6),
     "B": dict(dims=(32, 64, 128, 256, 512, 512), depth=(1,) * 6),
@@ -86,15 +88,8 @@ class STUNet(nn.Module):
         self.seg_outputs = nn.ModuleList(nn.Conv3d(dims[d], out_channels, kernel_size=1) for d in levels)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = image
-        skips = []
-        for stage in self.conv_blocks_context[:-1]:
-            x = stage(x)
-            skips.append(x)
-        x = self.conv_blocks_context[-1](x)
-        for upsample, stage, skip in zip(self.upsample_layers, self.conv_blocks_localization, reversed(skips)):
-            x = stage(torch.cat((upsample(x), skip), dim=1))
-        return self.seg_outputs[-1](x)
+        features = unet_pass(image, self.conv_blocks_context, self.upsample_layers, self.conv_blocks_localization)
+        return self.seg_outputs[-1](features)
 
 
 def _stage(in_channels: int, out_channels: int, blocks: int, kernel_size: int, stride) -> nn.Sequential:

@@ -41,7 +41,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ._layers import Mlp, attend
+from ._layers import Mlp, attend, unet_pass
 
 
 class TransUNet3D(nn.Module):
@@ -105,15 +105,9 @@ class TransUNet3D(nn.Module):
         self.seg_outputs = nn.ModuleList(nn.Conv3d(features[d], out_channels, kernel_size=1, bias=False) for d in levels)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = image
-        skips = []
-        for stage in self.conv_blocks_context[:-1]:
-            x = stage(x)
-            skips.append(x)
-        x = self.conv_more(self.transformer(self.conv_blocks_context[-1](x)))
-        for upsample, stage, skip in zip(self.tu, self.conv_blocks_localization, reversed(skips)):
-            x = stage(torch.cat((upsample(x), skip), dim=1))
-        return self.seg_outputs[-1](x)
+        features = unet_pass(image, self.conv_blocks_context, self.tu, self.conv_blocks_localization,
+                             bottleneck=lambda x: self.conv_more(self.transformer(x)))
+        return self.seg_outputs[-1](features)
 
 
 class ConvStack(nn.Module):
