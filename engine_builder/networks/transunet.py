@@ -12,7 +12,7 @@ conv-IN-LeakyReLU layers) restores the resolution and a 1x1x1 convolution gives 
 
 Configuration chosen for the study's BTCV model (no 3D TransUNet checkpoint for BTCV is published):
 1 input channel (CT), 14 output channels (background + the 13 BTCV organs), ROI 96³ with four 2x
-downsamplings (16x in total, as the brief's study and the 2D TransUNet, whose ViT sees a 1/16 grid), hence
+downsamplings (16x in total, as in the 2D TransUNet, whose ViT sees a 1/16 grid), hence
 6³ = 216 tokens; nnU-Net's encoder widths 32, 64, 128, 256, 320 (doubling from 32, capped at 320, nnU-Net's
 3D limit that the 3D TransUNet code keeps). 96³ is the ROI of the MONAI BTCV pipeline (1.5 x 1.5 x 2.0 mm,
 HU window -175..250 to 0..1, the ``swin_unetr_btcv_segmentation`` bundle's preprocessing), so the study's
