@@ -23,6 +23,9 @@ ALLOWED: dict[str, tuple[str, str]] = {
     "monai.networks.nets.BasicUNet": ("monai.networks.nets", "BasicUNet"),
     "monai.networks.nets.AttentionUnet": ("monai.networks.nets", "AttentionUnet"),
     "monai.networks.nets.UNETR": ("monai.networks.nets", "UNETR"),
+    "engine_builder.networks.unest.UNesT": ("engine_builder.networks.unest", "UNesT"),
+    "engine_builder.networks.transunet.TransUNet3D": ("engine_builder.networks.transunet", "TransUNet3D"),
+    "engine_builder.networks.stunet.STUNet": ("engine_builder.networks.stunet", "STUNet"),
 }
 
 
