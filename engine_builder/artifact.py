@@ -1,7 +1,9 @@
 """The engine directory: the backend's files + ``manifest.json``, written atomically, and the engine cache.
 
 A build writes into a hidden temporary directory beside the target and renames it into place, so an
-interrupted build leaves no half-made engine (stale temporaries are removed by the next build). The cache
+interrupted build leaves no half-made engine (stale temporaries are removed by the next build). A parent
+process that runs builds (the Slicer module) names each one by a job token in ``$PTQSEG_JOB_TOKEN``: the
+temporary directory carries it, so the parent can remove what a killed build left (``job_partials``). The cache
 key covers everything that changes the engine: weights hash, spec, calibration set hash, method, options,
 backend and its version.
 """
@@ -20,6 +22,8 @@ from .errors import PTQError
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 _PARTIAL = ".partial-"
+#: Environment variable through which a parent process names a build's job (letters and digits).
+JOB_TOKEN_ENV = "PTQSEG_JOB_TOKEN"
 _WINDOWS_STALE_SECONDS = 6 * 3600
 
 
@@ -44,9 +48,23 @@ def temporary_dir_for(target: Path) -> Path:
     if not os.access(parent, os.W_OK):
         raise PTQError(f"{parent} is not writable: choose a writable --out")
     remove_stale_partials(parent)
-    tmp = parent / f".{target.name}{_PARTIAL}{os.getpid()}-{time.monotonic_ns()}"
+    token = job_token()
+    owner = f"{os.getpid()}-{token}" if token else str(os.getpid())  # the pid first: stale detection reads it
+    tmp = parent / f".{target.name}{_PARTIAL}{owner}-{time.monotonic_ns()}"
     tmp.mkdir()
     return tmp
+
+
+def job_token() -> str:
+    """The job token of this process (``$PTQSEG_JOB_TOKEN``, letters and digits kept), or "" when none was given."""
+    return "".join(c for c in os.environ.get(JOB_TOKEN_ENV, "") if c.isalnum())
+
+
+def job_partials(folder: str | os.PathLike, token: str) -> list[Path]:
+    """The temporary directories that builds of job ``token`` left in ``folder`` (a killed build cannot remove its own)."""
+    if not token or not token.isalnum():
+        return []
+    return sorted(Path(folder).glob(f".*{_PARTIAL}*-{token}-*"))
 
 
 def remove_stale_partials(parent: Path) -> None:

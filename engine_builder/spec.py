@@ -26,13 +26,19 @@ class Label:
         value: the voxel value in the label map (also the channel index).
         name: a short machine-readable name (``liver``).
         color: RGB in 0..255.
-        terminology: optional DICOM/SNOMED triple ``"SCT^10200004^Liver"`` for Slicer's terminology.
+        terminology: optional segmentation type as a ``"scheme^code^meaning"`` triple (``"SCT^10200004^Liver"``),
+            as Slicer's terminology files write it.
+        terminology_category: the category that type is filed under in Slicer's "General Anatomy" list
+            (``"SCT^123037004^Anatomical Structure"``, ``"SCT^85756007^Tissue"``); None: not given.
+        terminology_modifier: the type's modifier, e.g. laterality ``"SCT^7771000^Left"``; None: none.
     """
 
     value: int
     name: str
     color: tuple[int, int, int] = (128, 128, 128)
     terminology: str | None = None
+    terminology_category: str | None = None
+    terminology_modifier: str | None = None
 
 
 @dataclass(frozen=True)
@@ -121,8 +127,9 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelSpec":
         data = dict(data)
-        data["labels"] = tuple(
-            Label(value=l["value"], name=l["name"], color=tuple(l["color"]), terminology=l.get("terminology"))
+        data["labels"] = tuple(  # manifests written before the terminology category/modifier fields lack them
+            Label(value=l["value"], name=l["name"], color=tuple(l["color"]), terminology=l.get("terminology"),
+                  terminology_category=l.get("terminology_category"), terminology_modifier=l.get("terminology_modifier"))
             for l in data["labels"]
         )
         data["roi_size"] = tuple(data["roi_size"])
