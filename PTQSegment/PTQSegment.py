@@ -6,8 +6,6 @@ Slicer-side helpers live in ``PTQSegmentLib`` (Logic, node conversion, backgroun
 dependencies). This file holds the Module, the parameter node, the Widget (wiring only) and the self-test.
 """
 
-import logging
-import os
 import pathlib
 from typing import Annotated
 
@@ -241,9 +239,12 @@ class PTQSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------------------------------------ capabilities
     def askCapabilities(self) -> None:
-        """Ask the child process what works here, in the background (the answer is kept for the session)."""
+        """Ask the child process what works here, in the background (the answer is kept for the session); not
+        before the packages are installed (the first Build or Segment asks, with consent)."""
         if self.logic.knownCapabilities() is not None or self._capabilitiesQuery is not None:
             self.updateChoices()
+            return
+        if self.logic.missingDependencies(AUTO_BACKEND):
             return
         with reportFailures(_("Checking the backends"), self.showStatus):
             self._capabilitiesQuery = self.logic.startCapabilitiesQuery()

@@ -34,7 +34,6 @@ sys.path.insert(0, str(REPO / "PTQSegment"))
 from engine_builder.artifact import job_partials  # noqa: E402
 from engine_builder.capabilities import BACKEND_NAMES, choose_backend, installed_runtime_versions  # noqa: E402
 from PTQSegmentLib import dependency_handler  # noqa: E402
-from PTQSegmentLib import logic as logic_module  # noqa: E402
 from PTQSegmentLib.engine_catalog import staleReasons  # noqa: E402
 from PTQSegmentLib.logic import InputError, PTQSegmentLogic, deviceFor  # noqa: E402
 from PTQSegmentLib.nodes import (labelsFromSegmentation, segmentationFromLabels, segmentTerminology,  # noqa: E402

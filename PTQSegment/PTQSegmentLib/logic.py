@@ -131,7 +131,7 @@ class PTQSegmentLogic:
 
     @staticmethod
     def modelNames() -> list[str]:
-        """Registry model names (the panel adds "Custom weights…")."""
+        """Registry model names (the panel adds "custom": your own weights for one of them)."""
         from engine_builder.models import registry
 
         return sorted(registry())
@@ -262,9 +262,9 @@ class PTQSegmentLogic:
 
             if not (PACKAGED_WEIGHTS / source.path).is_file():
                 raise InputError(f"Model '{spec.name}': its weights ({source.path}) are missing from this installation; "
-                                 "reinstall the extension, or pick \"Custom weights…\" and a weights file.")
+                                 "reinstall the extension, or choose the model \"custom\" and a weights file.")
         elif source.kind == "none":
-            raise InputError(f"Model '{spec.name}' has no pretrained weights: pick \"Custom weights…\" and a weights file.")
+            raise InputError(f"Model '{spec.name}' has no pretrained weights: choose the model \"custom\" and a weights file.")
 
     def _checkCalibration(self, calibrationFolder: Path | None, useSceneVolumes: bool) -> None:
         if useSceneVolumes:

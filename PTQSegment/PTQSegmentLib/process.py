@@ -139,7 +139,10 @@ class PtqsegProcess:
     _tree_at: float = 0.0
 
     def start(self) -> "PtqsegProcess":
-        """Start the child; returns at once."""
+        """Start the child; returns at once. Needs psutil (a listed requirement): without it the job could not be
+        stopped, so it is not started."""
+        import psutil  # noqa: F401
+
         command = ptqsegCommand(self.arguments, self.python)
         options = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt" else {"start_new_session": True}
         self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
