@@ -317,9 +317,10 @@ class PTQSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                           parameters.outputSegmentation)
 
     def onCancel(self) -> None:
-        if self.jobs.running:
-            self.jobs.cancel()
-            self.showStatus(_("Cancelling…"))
+        with reportFailures(_("Cancel"), self.showStatus):
+            if self.jobs.running:
+                self.jobs.cancel()
+                self.showStatus(_("Cancelling…"))
 
     def startJob(self, job, text: str, segmentationNode=None) -> None:
         self.jobs.start(job, segmentationNode)

@@ -393,7 +393,9 @@ def test_cancel_through_a_launcher_stops_every_process_and_leaves_no_temporary(l
     assert not job.workDir.exists()
 
 
-def test_scene_close_cancels_the_running_job_without_an_exception(logic, launcher, calibration, weights, engine):
+def test_scene_close_and_module_cleanup_cancel_the_running_job_without_an_exception(logic, launcher, calibration, weights, engine):
+    import psutil
+
     scene = slicer.vtkMRMLScene()
     launched = PTQSegmentLogic(scene=scene, cacheRoot=logic.cacheRoot, python=launcher)
     outcomes = []
@@ -418,7 +420,14 @@ def test_scene_close_cancels_the_running_job_without_an_exception(logic, launche
     assert [(o.kind, o.status) for o in outcomes[1:]] == [("segment", "cancelled")]
     assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
     assert not segmentJob.workDir.exists()
-    runner.close()
+
+    closing = launched.buildEngine("demo", calibrationFolder=calibration, weightsPath=weights, backend="openvino",
+                                   patchesPerVolume=5, background=True)
+    runner.start(closing)
+    poll_until(runner, lambda: job_partials(engines, closing.process.token))
+    tree = [closing.process.pid] + [p.pid for p in psutil.Process(closing.process.pid).children(recursive=True)]
+    runner.close()  # the module is cleaned up (Slicer exits) while a build runs: no timer polls any more
+    assert alive(tree) == [] and job_partials(engines, closing.process.token) == [] and not closing.workDir.exists()
 
 
 def test_failed_process_gives_one_line_and_details(workdir):

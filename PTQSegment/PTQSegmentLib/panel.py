@@ -109,10 +109,19 @@ class JobRunner:
             self.onFinished(self._finish(job))
         return events
 
-    def close(self) -> None:
-        """Stop observing the scene and cancel a running job (the module is being cleaned up)."""
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop observing the scene; kill a running job's process tree at once and remove what it left (the module
+        is being cleaned up: no timer will poll a graceful cancel to its end)."""
         self.scene.RemoveObserver(self._observer)
-        self.cancel()
+        job, self.job = self.job, None
+        if job is None:
+            return
+        job.cancel(0)
+        try:
+            job.wait(timeout_s)
+        except TimeoutError:
+            log.warning("PTQSegment: the cancelled job's processes did not end within %s s", timeout_s)
+        self.logic.discardJob(job)
 
     def _onSceneStartClose(self, caller=None, event=None) -> None:
         if self.job is not None:
