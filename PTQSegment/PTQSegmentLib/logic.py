@@ -31,13 +31,13 @@ from engine_builder.errors import PTQError
 
 from .engine_catalog import EngineRecord, listEngines, staleReasons
 from .nodes import TransformError, checkTransform
-from .process import PtqsegProcess, pythonExecutable
+from .process import CANCEL_GRACE_S, PtqsegProcess, pythonExecutable
 
 #: The model choice that means "a weights file for one of the registry's architectures".
 CUSTOM_MODEL = "custom"
 #: Precisions the panel offers; which ones a backend builds here comes from ``capabilities()``.
 PRECISIONS = ("int8", "fp32", "fp16", "bf16")
-#: Seconds a blocking call waits for its child (a build on a slow CPU takes minutes).
+#: Seconds to wait for ``ptqseg capabilities`` (it imports torch, OpenVINO and TensorRT: seconds, more from a cold disk).
 CAPABILITIES_TIMEOUT_S = 180.0
 #: Stage names of engine_builder's progress events, as the panel says them.
 STAGE_TITLES = {"calibration": "Calibrating", "export": "Exporting", "quantize": "Quantizing (INT8)", "compile": "Compiling",
@@ -77,12 +77,9 @@ class Job:
     def poll(self) -> list[dict]:
         return self.process.poll()
 
-    def cancel(self, grace_s: float | None = None) -> None:
+    def cancel(self, grace_s: float = CANCEL_GRACE_S) -> None:
         """Stop the child's whole process tree (see ``PtqsegProcess.cancel``)."""
-        if grace_s is None:
-            self.process.cancel()
-        else:
-            self.process.cancel(grace_s)
+        self.process.cancel(grace_s)
 
     def wait(self, timeout: float | None = None) -> str:
         return self.process.wait(timeout)
