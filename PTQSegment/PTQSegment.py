@@ -1,13 +1,12 @@
 """PTQSegment: build a real INT8 engine of a 3D segmentation network with one click, segment the loaded volume with
 it, and see what it costs and what it changes (latency, size, precision that really runs, agreement with FP32).
 
-The work is done by ``engine_builder`` (shipped inside this module's folder); the Slicer-side helpers live in
-``PTQSegmentLib`` (Logic, node conversion, background process, dependencies). This file holds the Module, the
-parameter node, the Widget (wiring only) and the self-test.
+The work is done by ``engine_builder`` (shipped inside this module's folder) in ``ptqseg`` child processes; the
+Slicer-side helpers live in ``PTQSegmentLib`` (Logic, node conversion, background process, panel helpers,
+dependencies). This file holds the Module, the parameter node, the Widget (wiring only) and the self-test.
 """
 
-import logging
-import os
+import pathlib
 from typing import Annotated
 
 import qt
@@ -16,17 +15,19 @@ import vtk
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest,
                                            ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
 from PTQSegmentLib import logic as engineLogic
-from PTQSegmentLib.logic import AUTO_BACKEND, CUSTOM_MODEL, InputError
+from PTQSegmentLib.logic import AUTO_BACKEND, CUSTOM_MODEL, PRECISIONS, chosenPath
+from PTQSegmentLib.panel import JobRunner, reportFailures
 
 #: Milliseconds between two polls of the background process.
 POLL_INTERVAL_MS = 200
-PRECISIONS = ("int8", "fp32", "bf16", "fp16")
+MODELS = tuple(engineLogic.PTQSegmentLogic.modelNames())
+BACKENDS = tuple(engineLogic.PTQSegmentLogic.backendNames())
 
 
 class PTQSegment(ScriptedLoadableModule):
@@ -62,21 +63,25 @@ MONAIAuto3DSeg and TotalSegmentator extensions.
 
 @parameterNodeWrapper
 class PTQSegmentParameterNode:
-    """Everything the panel shows, saved with the scene.
+    """Everything the panel shows, saved with the scene; every field but ``enginePath`` is bound to its widget by
+    the wrapper (``SlicerParameterName`` in the .ui).
 
     modelName: a registry name, or "custom" (then customArchitecture + weightsPath).
-    calibrationFolder / useSceneVolumes: the calibration data.
-    enginePath: the selected built engine; latencyText / statusText: the last results.
+    weightsPath / calibrationFolder: chosen files; an unset path is ``Path(".")`` (see ``chosenPath``).
+    useSceneVolumes: calibrate on the scene's volumes instead of a folder.
+    backend, precision: choices; which ones work here is greyed in by the capabilities answer.
+    enginePath: the selected built engine (the engine list is data, so its combo box is wired by hand).
+    statusText / latencyText: the last results, shown in labels.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
-    modelName: str = "demo"
-    customArchitecture: str = "demo"
-    weightsPath: str = ""
-    calibrationFolder: str = ""
+    modelName: Annotated[str, Choice([*MODELS, CUSTOM_MODEL])] = "demo"
+    customArchitecture: Annotated[str, Choice(list(MODELS))] = "demo"
+    weightsPath: pathlib.Path
+    calibrationFolder: pathlib.Path
     useSceneVolumes: bool = False
-    backend: str = AUTO_BACKEND
-    precision: str = "int8"
+    backend: Annotated[str, Choice(list(BACKENDS))] = AUTO_BACKEND
+    precision: Annotated[str, Choice(list(PRECISIONS))] = "int8"
     patchesPerVolume: Annotated[int, WithinRange(1, 64)] = 8
     enginePath: str = ""
     outputSegmentation: vtkMRMLSegmentationNode
@@ -91,14 +96,14 @@ class PTQSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
+        self.jobs = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._job = None
         self._engines = []
-        self._updatingGui = False
+        self._capabilitiesQuery = None
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
-        self._timer.connect("timeout()", self.onPollJob)
+        self._timer.connect("timeout()", self.onPoll)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -107,25 +112,11 @@ class PTQSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = PTQSegmentLogic()
-
-        models = self.logic.modelNames()
-        for name in models:
-            self.ui.modelComboBox.addItem(name, name)
-            self.ui.architectureComboBox.addItem(name, name)
-        self.ui.modelComboBox.addItem(_("Custom weights…"), CUSTOM_MODEL)
-        for name in self.logic.backendNames():
-            self.ui.backendComboBox.addItem(_("Auto") if name == AUTO_BACKEND else name, name)
-        for name in PRECISIONS:
-            self.ui.precisionComboBox.addItem(name, name)
+        self.jobs = JobRunner(self.logic, slicer.mrmlScene, self.onJobFinished)  # cancels its job when the scene closes
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
-        for combo in (self.ui.modelComboBox, self.ui.architectureComboBox, self.ui.backendComboBox,
-                      self.ui.precisionComboBox, self.ui.engineComboBox):
-            combo.connect("currentIndexChanged(int)", self.updateParameterNodeFromGui)
-        for pathEdit in (self.ui.weightsPathLineEdit, self.ui.calibrationPathLineEdit):
-            pathEdit.connect("currentPathChanged(QString)", self.updateParameterNodeFromGui)
+        self.ui.engineComboBox.connect("currentIndexChanged(int)", self.onEngineSelected)
         self.ui.buildButton.connect("clicked(bool)", self.onBuild)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
@@ -133,11 +124,14 @@ class PTQSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.initializeParameterNode()
         self.refreshEngines()
+        self.askCapabilities()
 
     def cleanup(self) -> None:
-        if self._job is not None and self._job.running:
-            self._job.cancel()
         self._timer.stop()
+        if self.jobs is not None:
+            self.jobs.close()
+        if self._capabilitiesQuery is not None:
+            self._capabilitiesQuery.cancel(0)
         self.removeObservers()
 
     def enter(self) -> None:
@@ -147,7 +141,7 @@ class PTQSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGuiFromParameterNode)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
@@ -166,78 +160,70 @@ class PTQSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, parameterNode) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGuiFromParameterNode)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
         self._parameterNode = parameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGuiFromParameterNode)
-            self.updateGuiFromParameterNode()
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
+            self.updateGui()
 
-    # ---------------------------------------------------------------------------------- parameter node <-> GUI
-    def updateGuiFromParameterNode(self, caller=None, event=None) -> None:
-        """The widgets the wrapper does not connect (combo boxes with data, path edits) and the button states."""
+    # ----------------------------------------------------------------------------------------------- the GUI
+    def updateGui(self, caller=None, event=None) -> None:
+        """What the wrapper does not bind: visibility, enabled states, the engine selection and its summary."""
         parameters = self._parameterNode
-        if parameters is None or self._updatingGui:
+        if parameters is None:
             return
-        self._updatingGui = True
-        try:
-            _selectData(self.ui.modelComboBox, parameters.modelName)
-            _selectData(self.ui.architectureComboBox, parameters.customArchitecture)
-            _selectData(self.ui.backendComboBox, parameters.backend)
-            _selectData(self.ui.precisionComboBox, parameters.precision)
-            _selectData(self.ui.engineComboBox, parameters.enginePath)
-            self.ui.weightsPathLineEdit.currentPath = parameters.weightsPath
-            self.ui.calibrationPathLineEdit.currentPath = parameters.calibrationFolder
-            custom = parameters.modelName == CUSTOM_MODEL
-            for widget in (self.ui.architectureLabel, self.ui.architectureComboBox, self.ui.weightsLabel, self.ui.weightsPathLineEdit):
-                widget.visible = custom
-            self.ui.calibrationPathLineEdit.enabled = not parameters.useSceneVolumes
-            self.ui.buildButton.text = _("Build INT8 engine") if parameters.precision == "int8" else _("Build {precision} engine").format(precision=parameters.precision)
-            self.ui.statusLabel.text = parameters.statusText
-            self.ui.latencyLabel.text = parameters.latencyText
-            self.showEngineSummary()
-            self.updateButtons()
-        finally:
-            self._updatingGui = False
+        custom = parameters.modelName == CUSTOM_MODEL
+        for widget in (self.ui.architectureLabel, self.ui.architectureComboBox, self.ui.weightsLabel, self.ui.weightsPathLineEdit):
+            widget.visible = custom
+        self.ui.calibrationPathLineEdit.enabled = not parameters.useSceneVolumes
+        self.ui.buildButton.text = (_("Build INT8 engine") if parameters.precision == "int8"
+                                    else _("Build {precision} engine").format(precision=parameters.precision))
+        _selectData(self.ui.engineComboBox, parameters.enginePath)
+        self.showEngineSummary()
+        self.updateChoices()
+        self.updateButtons()
 
-    def updateParameterNodeFromGui(self, *args) -> None:
-        parameters = self._parameterNode
-        if parameters is None or self._updatingGui:
+    def updateChoices(self) -> None:
+        """Grey out the backends that cannot run here and the precisions the chosen backend cannot build here,
+        once the capabilities answer is known (the tooltip says why)."""
+        capabilities = self.logic.knownCapabilities()
+        if capabilities is None or self._parameterNode is None:
             return
-        with slicer.util.NodeModify(parameters):
-            parameters.modelName = self.ui.modelComboBox.currentData or ""
-            parameters.customArchitecture = self.ui.architectureComboBox.currentData or ""
-            parameters.backend = self.ui.backendComboBox.currentData or AUTO_BACKEND
-            parameters.precision = self.ui.precisionComboBox.currentData or "int8"
-            parameters.enginePath = self.ui.engineComboBox.currentData or ""
-            parameters.weightsPath = self.ui.weightsPathLineEdit.currentPath
-            parameters.calibrationFolder = self.ui.calibrationPathLineEdit.currentPath
+        for index, name in enumerate(BACKENDS):
+            info = capabilities["backends"].get(name, {"usable": True})
+            _enableItem(self.ui.backendComboBox, index, info["usable"], info.get("reason") or "")
+        buildable = self.logic.precisionsFor(self._parameterNode.backend, capabilities)
+        for index, name in enumerate(PRECISIONS):
+            _enableItem(self.ui.precisionComboBox, index, name in buildable, _("not built by this backend here"))
 
     def updateButtons(self) -> None:
-        busy = self._job is not None and self._job.running
+        busy = self.jobs is not None and self.jobs.running
         self.ui.buildButton.enabled = not busy
         self.ui.segmentButton.enabled = not busy
         self.ui.cancelButton.enabled = busy
         self.ui.progressBar.visible = busy
 
+    def onEngineSelected(self, index=None) -> None:
+        if self._parameterNode is not None:
+            self._parameterNode.enginePath = self.ui.engineComboBox.currentData or ""
+
     def refreshEngines(self) -> None:
         """List the built engines (stale ones marked) and keep the selection."""
-        parameters = self._parameterNode
-        weights = {parameters.customArchitecture: parameters.weightsPath} if parameters and parameters.weightsPath else None
-        try:
-            self._engines = self.logic.listEngines(weights)
-        except Exception as exc:  # dependencies not installed yet: the list stays empty until they are
-            logging.info(f"PTQSegment: engines not listed ({exc})")
-            self._engines = []
-        wasUpdating, self._updatingGui = self._updatingGui, True
-        self.ui.engineComboBox.clear()
-        for record in self._engines:
-            self.ui.engineComboBox.addItem(record.title, str(record.path))
-        self._updatingGui = wasUpdating
-        if parameters is not None:
-            _selectData(self.ui.engineComboBox, parameters.enginePath)
-            self.updateParameterNodeFromGui()
-        self.showEngineSummary()
+        with reportFailures(_("Listing engines"), self.showStatus):
+            parameters = self._parameterNode
+            weights = chosenPath(parameters.weightsPath) if parameters else None
+            self._engines = self.logic.listEngines({parameters.customArchitecture: weights} if weights else None)
+            wasBlocked = self.ui.engineComboBox.blockSignals(True)
+            self.ui.engineComboBox.clear()
+            for record in self._engines:
+                self.ui.engineComboBox.addItem(record.title, str(record.path))
+            self.ui.engineComboBox.blockSignals(wasBlocked)
+            if parameters is not None:
+                if not parameters.enginePath and self._engines:
+                    parameters.enginePath = str(self._engines[0].path)
+                _selectData(self.ui.engineComboBox, parameters.enginePath)
+            self.showEngineSummary()
 
     def selectedEngine(self):
         path = self.ui.engineComboBox.currentData
@@ -251,103 +237,152 @@ class PTQSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.runsAsLabel.text = summary.get("precision", "")
         self.ui.agreementLabel.text = summary.get("agreement", "")
 
+    # ------------------------------------------------------------------------------------------ capabilities
+    def askCapabilities(self) -> None:
+        """Ask the child process what works here, in the background (the answer is kept for the session); not
+        before the packages are installed (the first Build or Segment asks, with consent)."""
+        if self.logic.knownCapabilities() is not None or self._capabilitiesQuery is not None:
+            self.updateChoices()
+            return
+        if self.logic.missingDependencies(AUTO_BACKEND):
+            return
+        with reportFailures(_("Checking the backends"), self.showStatus):
+            self._capabilitiesQuery = self.logic.startCapabilitiesQuery()
+            self._timer.start()
+
+    def capabilitiesNow(self) -> dict:
+        """The capabilities answer, waiting for the background query (or asking) when it is not there yet."""
+        query, self._capabilitiesQuery = self._capabilitiesQuery, None
+        with slicer.util.WaitCursor():
+            if query is not None:
+                query.wait(engineLogic.CAPABILITIES_TIMEOUT_S)
+                capabilities = self.logic.acceptCapabilities(query)
+            else:
+                capabilities = self.logic.capabilities()
+        self.onCapabilitiesKnown()
+        return capabilities
+
+    def onCapabilitiesKnown(self) -> None:
+        self.updateChoices()
+        self.refreshEngines()  # GPU staleness is judged once the GPU is known
+
     # ------------------------------------------------------------------------------------------------ actions
     def showStatus(self, text: str, details: str = "") -> None:
-        self._parameterNode.statusText = text
-        self.ui.statusLabel.text = text
+        """One line in the status label (through the parameter node when there is one) and the details below."""
+        if self._parameterNode is not None:
+            self._parameterNode.statusText = text
+        else:
+            self.ui.statusLabel.text = text
         if details:
             self.ui.detailsTextEdit.setPlainText(details)
 
     def ensureDependencies(self, backend: str) -> bool:
         """Ask before installing what ``backend`` needs (Auto: the CPU packages); False when the user declined."""
-        missing = self.logic.missingDependencies("openvino" if backend == AUTO_BACKEND else backend)
+        missing = self.logic.missingDependencies(backend)
         if not missing:
             return True
-        with slicer.util.tryWithErrorDisplay(_("Installing Python packages failed."), waitCursor=True):
+        with slicer.util.WaitCursor():
             installed = self.logic.installDependencies(missing, slicer.util.confirmOkCancelDisplay)
-            if installed:
-                return True
-        self.showStatus(_("PTQSegment needs Python packages that are not installed; nothing was done."))
-        return False
+        if not installed:
+            self.showStatus(_("PTQSegment needs Python packages that are not installed; nothing was done."))
+            return False
+        if self._capabilitiesQuery is not None:  # started before the install: its answer is out of date
+            self._capabilitiesQuery.cancel(0)
+            self._capabilitiesQuery = None
+        self.askCapabilities()
+        return True
 
     def onBuild(self) -> None:
-        parameters = self._parameterNode
-        custom = parameters.modelName == CUSTOM_MODEL
-        model = parameters.customArchitecture if custom else parameters.modelName
-        if not self.ensureDependencies(parameters.backend):
-            return
-        try:
-            self._job = self.logic.buildEngine(model, calibrationFolder=parameters.calibrationFolder or None,
-                                               weightsPath=(parameters.weightsPath or None) if custom else None,
-                                               backend=parameters.backend, precision=parameters.precision,
-                                               patchesPerVolume=parameters.patchesPerVolume,
-                                               useSceneVolumes=parameters.useSceneVolumes, background=True)
-        except InputError as exc:
-            self.showStatus(str(exc))
-            return
-        self.startPolling(_("Building the engine…"))
+        with reportFailures(_("Build"), self.showStatus):
+            parameters = self._parameterNode
+            if not self.ensureDependencies(parameters.backend):
+                return
+            self.capabilitiesNow()  # buildEngine checks the choices against it
+            custom = parameters.modelName == CUSTOM_MODEL
+            model = parameters.customArchitecture if custom else parameters.modelName
+            job = self.logic.buildEngine(model, calibrationFolder=parameters.calibrationFolder,
+                                         weightsPath=parameters.weightsPath if custom else None, backend=parameters.backend,
+                                         precision=parameters.precision, patchesPerVolume=parameters.patchesPerVolume,
+                                         useSceneVolumes=parameters.useSceneVolumes, background=True)
+            self.startJob(job, _("Building the engine…"))
 
     def onSegment(self) -> None:
-        parameters = self._parameterNode
-        if not self.ensureDependencies("openvino"):
-            return
-        try:
-            warnings = self.logic.checkSegmentInputs(parameters.inputVolume, self.selectedEngine())
-            self._job = self.logic.startSegment(parameters.inputVolume, self.selectedEngine())
-        except InputError as exc:
-            self.showStatus(str(exc))
-            return
-        self.startPolling(_("Segmenting…") + ("  " + _("Engine is stale: ") + "; ".join(warnings) if warnings else ""))
+        with reportFailures(_("Segmentation"), self.showStatus):
+            parameters, engine = self._parameterNode, self.selectedEngine()
+            if not self.ensureDependencies(engine.backend if engine else "openvino"):
+                return
+            warnings = self.logic.checkSegmentInputs(parameters.inputVolume, engine)
+            job = self.logic.startSegment(parameters.inputVolume, engine)
+            self.startJob(job, _("Segmenting…") + ("  " + _("Engine is stale: ") + "; ".join(warnings) if warnings else ""),
+                          parameters.outputSegmentation)
 
     def onCancel(self) -> None:
-        if self._job is not None and self._job.running:
-            self._job.cancel()
-            self.showStatus(_("Cancelling…"))
+        with reportFailures(_("Cancel"), self.showStatus):
+            if self.jobs.running:
+                self.jobs.cancel()
+                self.showStatus(_("Cancelling…"))
 
-    def startPolling(self, text: str) -> None:
+    def startJob(self, job, text: str, segmentationNode=None) -> None:
+        self.jobs.start(job, segmentationNode)
         self.ui.detailsTextEdit.clear()
         self.ui.progressBar.setRange(0, 0)
         self.showStatus(text)
         self.updateButtons()
         self._timer.start()
 
-    def onPollJob(self) -> None:
-        job = self._job
-        for event in job.poll():
-            if event.get("event") == "log":
-                self.ui.detailsTextEdit.appendPlainText(event["line"])
-        fraction = job.process.progress.fraction
-        self.ui.progressBar.setRange(0, 0 if fraction is None else 100)
-        self.ui.progressBar.value = int(100 * (fraction or 0))
-        self.ui.progressBar.format = job.stageTitle + (" %p%" if fraction is not None else "")
-        if not job.running:
+    def onPoll(self) -> None:
+        """Timer: follow the capabilities query and the running job; stop when neither runs."""
+        with reportFailures(_("Background process"), self.showStatus):
+            self.pollCapabilities()
+            job = self.jobs.job
+            for event in self.jobs.poll():
+                if event.get("event") == "log":
+                    self.ui.detailsTextEdit.appendPlainText(event["line"])
+            if self.jobs.running:
+                fraction = job.process.progress.fraction
+                self.ui.progressBar.setRange(0, 0 if fraction is None else 100)
+                self.ui.progressBar.value = int(100 * (fraction or 0))
+                self.ui.progressBar.format = job.stageTitle + (" %p%" if fraction is not None else "")
+        if not self.jobs.running and self._capabilitiesQuery is None:
             self._timer.stop()
-            self.finishJob(job)
 
-    def finishJob(self, job) -> None:
+    def pollCapabilities(self) -> None:
+        query = self._capabilitiesQuery
+        if query is None:
+            return
+        query.poll()
+        if not query.running:
+            self._capabilitiesQuery = None
+            self.logic.acceptCapabilities(query)
+            self.onCapabilitiesKnown()
+
+    def onJobFinished(self, outcome) -> None:
+        """The job ended (``PTQSegmentLib.panel.Outcome``): show it; keep its results in the parameter node (none
+        after a scene close: the node was reset)."""
         parameters = self._parameterNode
-        try:
-            if job.kind == "build":
-                record = self.logic.finishBuild(job)
-                parameters.enginePath = str(record.path)
-                self.refreshEngines()
-                self.showStatus(_("Engine ready: {title}").format(title=record.title), job.process.details)
-            else:
-                segmentation, timings = self.logic.finishSegment(job, parameters.outputSegmentation)
-                parameters.outputSegmentation = segmentation
-                parameters.latencyText = self.logic.formatTimings(timings)
-                self.showStatus(_("Segmented {name}.").format(name=job.volumeNode.GetName()), job.process.details)
-        except InputError as exc:
-            self.showStatus(str(exc), job.process.details)
-        finally:
-            self._job = None
-            self.updateButtons()
+        if parameters is not None and outcome.engine is not None:
+            parameters.enginePath = str(outcome.engine.path)
+        if parameters is not None and outcome.segmentation is not None:
+            parameters.outputSegmentation = outcome.segmentation
+            parameters.latencyText = self.logic.formatTimings(outcome.timings)
+        self.showStatus(outcome.message, outcome.details)
+        if outcome.kind == "build":
+            self.refreshEngines()
+        self.updateButtons()
 
 
 def _selectData(combo, data) -> None:
     index = combo.findData(data)
     if index >= 0 and index != combo.currentIndex:
         combo.setCurrentIndex(index)
+
+
+def _enableItem(combo, index: int, enabled: bool, reason: str) -> None:
+    """Enable or grey out one item of a combo box (its model is a QStandardItemModel), with the reason as tooltip."""
+    item = combo.model().item(index)
+    if item is not None:
+        item.setEnabled(enabled)
+        item.setToolTip("" if enabled else reason)
 
 
 class PTQSegmentLogic(ScriptedLoadableModuleLogic, engineLogic.PTQSegmentLogic):
@@ -362,16 +397,18 @@ class PTQSegmentLogic(ScriptedLoadableModuleLogic, engineLogic.PTQSegmentLogic):
 
 
 class PTQSegmentTest(ScriptedLoadableModuleTest):
-    """The full click path in a running Slicer (ctest from a Slicer build tree; see docs/slicer.md)."""
+    """The full click path in a running Slicer (ctest from a Slicer build tree; see docs/slicer.md): what the
+    slicer-core tests cannot see (Qt widgets, the parameter-node GUI binding, the PythonSlicer launcher, Slicer's own
+    terminology list)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
-        self.test_PTQSegment_build_and_segment()
-        self.setUp()
-        self.test_PTQSegment_bad_input_keeps_panel_usable()
+        for test in (self.test_PTQSegment_build_and_segment, self.test_PTQSegment_bad_input_keeps_panel_usable,
+                     self.test_PTQSegment_scene_close_cancels_the_build):
+            self.setUp()
+            test()
 
     def _widget(self):
         slicer.util.selectModule("PTQSegment")
@@ -381,41 +418,52 @@ class PTQSegmentTest(ScriptedLoadableModuleTest):
         import time
 
         deadline = time.monotonic() + timeoutS
-        while widget._job is not None:
+        while widget.jobs.running:
             slicer.app.processEvents()
             self.assertLess(time.monotonic(), deadline, "the background job did not finish in time")
             time.sleep(0.05)
 
-    def test_PTQSegment_build_and_segment(self):
+    def _workFolder(self, widget) -> pathlib.Path:
+        """Calibration phantoms in a fresh folder, and the widget's engine cache inside it."""
         import tempfile
-        from pathlib import Path
 
         from engine_builder.io import Volume, write_volume
         from engine_builder.phantom import make_phantom
 
-        self.delayDisplay("Writing calibration phantoms and loading a volume")
-        work = tempfile.mkdtemp(prefix="ptqsegment-test-")
+        work = pathlib.Path(tempfile.mkdtemp(prefix="ptqsegment-test-"))
         for seed in (11, 12):
             hu, _labels, affine = make_phantom(seed, shape=(96, 96, 48), spacing_mm=(4.0, 4.0, 6.0))
-            write_volume(Volume(hu, affine), os.path.join(work, "calibration", f"phantom_{seed}.nii.gz"))
-        hu, _labels, affine = make_phantom(21, shape=(64, 60, 30), spacing_mm=(5.0, 5.5, 7.0))
-        write_volume(Volume(hu, affine), os.path.join(work, "input.nii.gz"))
-        volumeNode = slicer.util.loadVolume(os.path.join(work, "input.nii.gz"))
+            write_volume(Volume(hu, affine), work / "calibration" / f"phantom_{seed}.nii.gz")
+        widget.logic._cacheRoot = work / "cache"
+        return work
 
+    def test_PTQSegment_build_and_segment(self):
+        from engine_builder.io import Volume, write_volume
+        from engine_builder.phantom import make_phantom
+        from PTQSegmentLib.nodes import segmentTerminology, terminologyProblem
+
+        self.delayDisplay("Writing calibration phantoms and loading a volume")
         widget = self._widget()
+        work = self._workFolder(widget)
+        hu, _labels, affine = make_phantom(21, shape=(64, 60, 30), spacing_mm=(5.0, 5.5, 7.0))
+        write_volume(Volume(hu, affine), work / "input.nii.gz")
+        volumeNode = slicer.util.loadVolume(str(work / "input.nii.gz"))
+
         parameters = widget._parameterNode
         parameters.inputVolume = volumeNode
         parameters.modelName = "demo"
-        parameters.calibrationFolder = os.path.join(work, "calibration")
+        parameters.calibrationFolder = work / "calibration"
         parameters.backend = "openvino"
+        parameters.precision = "int8"
         parameters.patchesPerVolume = 2
-        widget.logic._cacheRoot = Path(work) / "cache"
+        self.assertEqual(widget.ui.calibrationPathLineEdit.currentPath, str(work / "calibration"))  # bound by the wrapper
 
         self.delayDisplay("Building the INT8 engine on the CPU")
         widget.ui.buildButton.click()
-        self.assertTrue(widget.ui.cancelButton.enabled)
+        self.assertTrue(widget.ui.cancelButton.enabled, widget.ui.statusLabel.text)
         self._waitForJob(widget)
         self.assertTrue(parameters.enginePath, widget.ui.statusLabel.text)
+        self.assertEqual(widget.ui.statusLabel.text, parameters.statusText)
         self.assertIn("int8", widget.ui.runsAsLabel.text)
         self.assertIn("same label as FP32", widget.ui.agreementLabel.text)
 
@@ -424,8 +472,13 @@ class PTQSegmentTest(ScriptedLoadableModuleTest):
         self._waitForJob(widget)
         segmentation = parameters.outputSegmentation
         self.assertIsNotNone(segmentation, widget.ui.statusLabel.text)
-        self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(), 7)
-        self.assertEqual(segmentation.GetSegmentation().GetNthSegment(0).GetName(), "liver")
+        segments = segmentation.GetSegmentation()
+        self.assertEqual(segments.GetNumberOfSegments(), 7)
+        self.assertEqual(segments.GetNthSegment(0).GetName(), "liver")
+        terminologies = slicer.modules.terminologies.logic()  # Slicer's own General Anatomy list, loaded at startup
+        for index in range(segments.GetNumberOfSegments()):
+            segment = segments.GetNthSegment(index)
+            self.assertIsNone(terminologyProblem(terminologies, segmentTerminology(segment)), segment.GetName())
         self.assertIn("ms", widget.ui.latencyLabel.text)
         self.assertTrue(widget.ui.buildButton.enabled and widget.ui.segmentButton.enabled)
         self.delayDisplay("Test passed")
@@ -436,10 +489,42 @@ class PTQSegmentTest(ScriptedLoadableModuleTest):
         parameters.inputVolume = None
         widget.ui.segmentButton.click()
         self.assertIn("Select an input volume", widget.ui.statusLabel.text)
-        parameters.calibrationFolder = ""
+        parameters.calibrationFolder = pathlib.Path()
         parameters.useSceneVolumes = False
+        parameters.backend = "openvino"
         parameters.precision = "int8"
         widget.ui.buildButton.click()
         self.assertIn("calibration", widget.ui.statusLabel.text)
+        parameters.backend = "torch"
+        widget.ui.buildButton.click()
+        self.assertIn("not int8", widget.ui.statusLabel.text)
         self.assertTrue(widget.ui.buildButton.enabled and widget.ui.segmentButton.enabled)
+        self.delayDisplay("Test passed")
+
+    def test_PTQSegment_scene_close_cancels_the_build(self):
+        import time
+
+        from engine_builder.artifact import job_partials
+
+        widget = self._widget()
+        work = self._workFolder(widget)
+        parameters = widget._parameterNode
+        parameters.modelName = "demo"
+        parameters.calibrationFolder = work / "calibration"
+        parameters.backend = "openvino"
+        parameters.precision = "int8"
+        parameters.patchesPerVolume = 3
+        widget.ui.buildButton.click()
+        job = widget.jobs.job
+        self.assertIsNotNone(job, widget.ui.statusLabel.text)
+        deadline = time.monotonic() + 300
+        while job.running and not job_partials(work / "cache" / "engines", job.process.token):
+            slicer.app.processEvents()  # until the build has its temporary engine directory
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.05)
+        slicer.mrmlScene.Clear()
+        self._waitForJob(widget, timeoutS=60)
+        self.assertEqual(job.process.status, "cancelled")
+        self.assertEqual(job_partials(work / "cache" / "engines", job.process.token), [])
+        self.assertTrue(widget.ui.buildButton.enabled and not widget.ui.cancelButton.enabled)
         self.delayDisplay("Test passed")

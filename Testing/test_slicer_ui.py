@@ -7,11 +7,13 @@ from __future__ import annotations
 import ast
 import re
 import struct
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE = REPO / "PTQSegment"
+sys.path.insert(0, str(MODULE))
 UI = MODULE / "Resources" / "UI" / "PTQSegment.ui"
 SCRIPT = MODULE / "PTQSegment.py"
 
@@ -41,15 +43,56 @@ def test_every_widget_the_code_uses_exists_in_the_ui():
     assert not missing, f"used in PTQSegment.py but not in PTQSegment.ui: {sorted(missing)}"
 
 
-def test_parameter_bound_widgets_name_parameter_node_fields():
-    fields = parameter_fields()
+def bound_widgets() -> dict[str, str]:
+    """Widget name -> the parameter-node field its ``SlicerParameterName`` property names."""
     bound = {}
     for name, widget in ui_widgets().items():
         for prop in widget.findall("property"):
             if prop.get("name") == "SlicerParameterName":
                 bound[name] = prop.find("string").text
-    assert {"inputVolume", "outputSegmentation", "useSceneVolumes", "patchesPerVolume"} <= set(bound.values())
+    return bound
+
+
+def test_parameter_bound_widgets_name_parameter_node_fields():
+    fields = parameter_fields()
+    bound = bound_widgets()
     assert set(bound.values()) <= fields, set(bound.values()) - fields
+    assert len(set(bound.values())) == len(bound), "two widgets bound to one field"
+
+
+def test_every_panel_field_is_bound_through_the_parameter_node_wrapper():
+    """Inputs, paths, choices and the status and latency lines: all through the wrapper, as the template does; only
+    the engine list (data, not a fixed choice) is wired by hand."""
+    inputs = {"QComboBox", "ctkPathLineEdit", "qMRMLNodeComboBox", "QCheckBox", "QSpinBox"}
+    widgets = ui_widgets()
+    unbound = {name for name, widget in widgets.items() if widget.get("class") in inputs} - set(bound_widgets())
+    assert unbound == {"engineComboBox"}, unbound
+    assert {"statusLabel", "latencyLabel"} <= set(bound_widgets())
+    assert set(bound_widgets().values()) == parameter_fields() - {"enginePath"}
+
+
+def test_paths_are_paths_and_choices_are_choices():
+    """ctkPathLineEdit binds to pathlib.Path, a QComboBox to a str with a Choice annotation (the wrapper's rules)."""
+    tree = ast.parse(SCRIPT.read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "PTQSegmentParameterNode")
+    annotations = {n.target.id: ast.unparse(n.annotation) for n in cls.body if isinstance(n, ast.AnnAssign)}
+    classes = {name: widget.get("class") for name, widget in ui_widgets().items()}
+    for widget, field in bound_widgets().items():
+        if classes[widget] == "ctkPathLineEdit":
+            assert annotations[field] == "pathlib.Path", field
+        if classes[widget] == "QComboBox":
+            assert annotations[field].startswith("Annotated[str, Choice("), field
+    assert annotations["precision"] == "Annotated[str, Choice(list(PRECISIONS))]"
+
+
+def test_the_self_test_runs_every_test_method():
+    """ctest runs ``runTest``: each ``test_`` method of ``PTQSegmentTest`` must be called from it."""
+    tree = ast.parse(SCRIPT.read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "PTQSegmentTest")
+    methods = {n.name for n in cls.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")}
+    run_test = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "runTest")
+    called = {node.attr for node in ast.walk(run_test) if isinstance(node, ast.Attribute) and node.attr.startswith("test_")}
+    assert methods and methods == called, methods ^ called
 
 
 def test_mrml_selectors_get_the_scene():
@@ -71,6 +114,10 @@ def test_module_cmake_lists_every_script_and_resource():
         assert (MODULE / name).is_file(), name
     lib = {f"PTQSegmentLib/{p.name}" for p in (MODULE / "PTQSegmentLib").glob("*.py")}
     assert lib <= set(scripts), lib - set(scripts)
+    from PTQSegmentLib.dependency_handler import REQUIREMENT_FILES  # the installed module reads them from Resources
+
+    needed = {f"Resources/{name}" for names in REQUIREMENT_FILES.values() for name in names}
+    assert needed <= set(resources), needed - set(resources)
     assert "slicerMacroBuildScriptedModule" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
     assert "engine_builder" in text  # shipped inside the module
 

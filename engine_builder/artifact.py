@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .errors import PTQError
 from .files import commit_dir as _commit_dir
-from .files import file_sha256, partial_path, remove_stale_partials
+from .files import JOB_TOKEN_ENV, job_partials, file_sha256, partial_path, remove_stale_partials  # noqa: F401
 from .schema import Fields
 from .spec import ModelSpec
 

@@ -107,6 +107,10 @@ def make_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the model registry")
     models.set_defaults(func=cmd_models)
 
+    capabilities = sub.add_parser("capabilities", help="which backends work here, their versions, the GPU, bf16 on the CPU")
+    capabilities.add_argument("--json", action="store_true", help="one JSON object on one line")
+    capabilities.set_defaults(func=cmd_capabilities)
+
     demo = sub.add_parser("demo", help="build FP32 and INT8 engines of the demo model and segment a volume")
     demo.add_argument("--input", help="a CT volume (default: a synthetic phantom)")
     demo.add_argument("--calib", help="calibration folder (default: synthetic phantoms)")
@@ -283,6 +287,15 @@ def cmd_models(args) -> int:
     for name, spec in sorted(registry().items()):
         print(f"{name:12s} {spec.architecture.rsplit('.', 1)[-1]:10s} {len(spec.labels):4d} labels  "
               f"roi {'x'.join(map(str, spec.roi_size))}  {spec.spacing_mm[0]:g} mm  weights: {spec.weights.kind}  {spec.description}")
+    return 0
+
+
+def cmd_capabilities(args) -> int:
+    from .capabilities import describe, probe
+
+    found = probe()
+    emit("result", capabilities=found)
+    print(json.dumps(found) if args.json else describe(found))
     return 0
 
 

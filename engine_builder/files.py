@@ -23,6 +23,8 @@ from pathlib import Path
 from .errors import PTQError
 
 PARTIAL = ".partial-"
+#: Environment variable through which a parent process names the job of a ``ptqseg`` child.
+JOB_TOKEN_ENV = "PTQSEG_JOB_TOKEN"
 #: An engine directory moved aside while a newer one takes its place; restored if its mover was killed.
 _ASIDE = "old"
 _WINDOWS_STALE_SECONDS = 6 * 3600
@@ -46,7 +48,7 @@ def update_digest(digest, path: Path) -> None:
 
 def job_token() -> str:
     """The job token of this process (``PTQSEG_JOB_TOKEN``, letters, digits and ``_`` only), or ``x``."""
-    return _TOKEN_CHARS.sub("", os.environ.get("PTQSEG_JOB_TOKEN", ""))[:40] or "x"
+    return _TOKEN_CHARS.sub("", os.environ.get(JOB_TOKEN_ENV, ""))[:40] or "x"
 
 
 def partial_path(target: Path, tag: str = "") -> Path:
@@ -97,14 +99,18 @@ def remove_stale_partials(folder: str | os.PathLike) -> None:
         remove_path(path)
 
 
+def job_partials(folder: str | os.PathLike, token: str) -> list[Path]:
+    """The temporaries that a job with ``token`` left in ``folder`` (a killed child cannot remove its own)."""
+    if not token or _TOKEN_CHARS.search(token):
+        return []
+    return sorted(p for p in Path(folder).glob(f".*{PARTIAL}*") if (partial_owner(p) or (0, ""))[1] == token)
+
+
 def remove_job_partials(folder: str | os.PathLike, token: str) -> list[Path]:
     """Delete the temporaries a job with ``token`` left in ``folder`` (it was cancelled); returns them."""
-    removed = []
-    for path in Path(folder).glob(f".*{PARTIAL}*"):
-        owner = partial_owner(path)
-        if owner is not None and owner[1] == token:
-            remove_path(path)
-            removed.append(path)
+    removed = job_partials(folder, token)
+    for path in removed:
+        remove_path(path)
     return removed
 
 

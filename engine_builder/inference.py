@@ -12,8 +12,6 @@ around the network cheap once it is INT8:
 from __future__ import annotations
 
 import math
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from .progress import Counter
 from .preprocess import background_value, labels_to_input_grid, preprocess
 from .sanity import check_volume
 from .spec import ModelSpec
+from .timing import StageTimer
 
 DEFAULT_MAX_LOGITS_BYTES = 1 << 30
 
@@ -43,21 +42,6 @@ class Segmentation:
     @property
     def total_ms(self) -> float:
         return float(sum(self.timings_ms.values()))
-
-
-class StageTimer:
-    """Collects wall-clock milliseconds per named stage."""
-
-    def __init__(self, timings: dict[str, float] | None = None):
-        self.timings = timings if timings is not None else {}
-
-    @contextmanager
-    def stage(self, name: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[name] = self.timings.get(name, 0.0) + (time.perf_counter() - start) * 1e3
 
 
 def label_dtype(n_labels: int) -> np.dtype:

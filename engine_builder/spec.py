@@ -31,13 +31,19 @@ class Label:
         value: the voxel value in the label map (also the channel index).
         name: a short machine-readable name (``liver``).
         color: RGB in 0..255.
-        terminology: optional DICOM/SNOMED triple ``"SCT^10200004^Liver"`` for Slicer's terminology.
+        terminology: optional segmentation type as a ``"scheme^code^meaning"`` triple (``"SCT^10200004^Liver"``),
+            as Slicer's terminology files write it.
+        terminology_category: the category that type is filed under in Slicer's "General Anatomy" list
+            (``"SCT^123037004^Anatomical Structure"``, ``"SCT^85756007^Tissue"``); None: not given.
+        terminology_modifier: the type's modifier, e.g. laterality ``"SCT^7771000^Left"``; None: none.
     """
 
     value: int
     name: str
     color: tuple[int, int, int] = (128, 128, 128)
     terminology: str | None = None
+    terminology_category: str | None = None
+    terminology_modifier: str | None = None
 
 
 @dataclass(frozen=True)

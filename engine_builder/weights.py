@@ -16,9 +16,9 @@ import torch
 
 from .errors import PTQError
 from .files import file_sha256
+from .models import PACKAGED_WEIGHTS
 from .spec import ModelSpec
 
-PACKAGED_WEIGHTS = Path(__file__).parent / "models" / "weights"
 _WRAPPER_KEYS = ("state_dict", "model", "network_weights", "model_state_dict", "net")
 
 

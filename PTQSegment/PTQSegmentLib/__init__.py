@@ -1,10 +1,11 @@
 """Slicer-side helpers of the PTQSegment module, none of which imports Qt.
 
     logic.py               the module's Logic (build, segment, list engines), usable from the Python console
-    nodes.py               volume node <-> ``engine_builder.io.Volume``, label map -> segmentation node
-    process.py             ``ptqseg`` in a child process, followed through its JSON progress lines
-    engine_catalog.py      built engines on disk, and why one is stale
-    dependency_handler.py  which Python packages are missing, and installing them (with consent)
+    nodes.py               volume node <-> ``engine_builder.io.Volume``, label map -> segmentation node, terminology
+    process.py             ``ptqseg`` in a child process (through Slicer's launcher), its JSON progress, Cancel
+    panel.py               the panel's running job (scene-aware) and failures as one line plus details
+    engine_catalog.py      built engines on disk, and why one is stale (JSON and package metadata only)
+    dependency_handler.py  which Python packages are missing (Resources/requirements*.txt), installing them with consent
 
 ``engine_builder`` ships inside the module's scripts folder (extension-manager install) or sits at the root
 of a source checkout; importing this package makes it importable in either layout.

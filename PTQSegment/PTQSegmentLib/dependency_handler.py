@@ -1,90 +1,99 @@
 """The Python packages engine_builder needs in Slicer's Python, checked at first use and installed with consent.
 
-Nothing is installed at import time. ``missingRequirements()`` says what is absent or too old;
-``installRequirements()`` installs exactly those, pinned to versions engine_builder is tested with, after the
-caller's ``confirm`` callback (the panel's question) says yes. torch goes through the PyTorch extension's
-installer (``PyTorchUtils``) when that extension is present, as the Slicer AI extensions do: it picks the CUDA or
-CPU build that fits the machine's driver instead of pulling the newest CUDA wheel from the index.
+The list is the module's ``Resources/requirements*.txt`` files, the same ones ``pyproject.toml`` reads for the
+``ptqsegment`` package and its ``[tensorrt]`` / ``[tensorrt-rtx]`` extras: one list. Nothing is installed at
+import time. ``missingRequirements()`` says what is absent or outside its version range, reading package metadata
+only; ``installRequirements()`` installs exactly those, after the caller's ``confirm`` callback (the panel's
+question) says yes, with ``slicer.packaging.pip_install`` where the Slicer version has it (5.12 and newer) and
+``slicer.util.pip_install`` otherwise. torch goes through the PyTorch extension's installer (``PyTorchUtils``)
+when that extension is present, as the Slicer AI extensions do: it picks the CUDA or CPU build that fits the
+machine's driver instead of pulling the newest CUDA wheel from the index.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import importlib.util
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 log = logging.getLogger(__name__)
 
+RESOURCES = Path(__file__).resolve().parent.parent / "Resources"
+#: The requirements files of each backend, in install order (the core list first). pyproject.toml names the
+#: same files for the package and its extras.
+REQUIREMENT_FILES = {
+    "openvino": ("requirements.txt",),
+    "torch": ("requirements.txt",),
+    "tensorrt": ("requirements.txt", "requirements-modelopt.txt", "requirements-tensorrt.txt"),
+    "tensorrt-rtx": ("requirements.txt", "requirements-modelopt.txt", "requirements-tensorrt-rtx.txt"),
+}
+
 
 @dataclass(frozen=True)
 class Requirement:
-    """A package: the name it is imported by, its distribution name and the versions that work (pip syntax)."""
+    """One line of a requirements file: the distribution, its versions (pip syntax) and what it is for."""
 
-    importName: str
     distribution: str
     versions: str = ""
+    marker: str = ""
     purpose: str = ""
 
     @property
     def pipSpecifier(self) -> str:
-        return f"{self.distribution}{self.versions}"
+        """The line as pip takes it (``monai>=1.4,<2``)."""
+        return f"{self.distribution}{self.versions}" + (f"; {self.marker}" if self.marker else "")
 
 
-#: What every build and segmentation needs (numpy and SimpleITK ship with Slicer but are checked all the same).
-REQUIRED = (
-    Requirement("numpy", "numpy", ">=1.24", "arrays"),
-    Requirement("SimpleITK", "SimpleITK", ">=2.3", "reading volumes"),
-    Requirement("torch", "torch", ">=2.2", "the network and its ONNX export"),
-    Requirement("monai", "monai", ">=1.4,<2", "networks and preprocessing"),
-    Requirement("onnx", "onnx", ">=1.16,<2", "the FP32 graph"),
-    Requirement("openvino", "openvino", ">=2025.0,<2027", "the CPU INT8 runtime"),
-    Requirement("nncf", "nncf", ">=2.16,<4", "INT8 quantization for OpenVINO"),
-    Requirement("scipy", "scipy", ">=1.10", "resampling"),
-    Requirement("nibabel", "nibabel", ">=5.0", "NIfTI support in MONAI"),
-    Requirement("tqdm", "tqdm", ">=4.60", "progress"),
-)
+def readRequirements(path: Path) -> list[Requirement]:
+    """The requirements in a requirements file. A comment line right above a requirement is its purpose."""
+    from packaging.requirements import Requirement as PackagingRequirement
 
-#: What the TensorRT backends add (NVIDIA GPUs only; large downloads).
-TENSORRT = (
-    Requirement("tensorrt", "tensorrt", ">=10.0", "TensorRT engines"),
-    Requirement("modelopt", "nvidia-modelopt[onnx]", ">=0.30", "INT8 quantization for TensorRT"),
-)
-TENSORRT_RTX = (
-    Requirement("tensorrt_rtx_bindings", "tensorrt-rtx-cu13-bindings", ">=1.0", "TensorRT-RTX engines"),
-    Requirement("modelopt", "nvidia-modelopt[onnx]", ">=0.30", "INT8 quantization for TensorRT"),
-)
+    requirements, comment = [], ""
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line.startswith("#"):
+            comment = line.lstrip("# ")
+            continue
+        if line:
+            parsed = PackagingRequirement(line)
+            name = parsed.name + (f"[{','.join(sorted(parsed.extras))}]" if parsed.extras else "")
+            requirements.append(Requirement(name, str(parsed.specifier), str(parsed.marker or ""), comment))
+        comment = ""
+    return requirements
 
 
-def requirementsFor(backend: str) -> tuple[Requirement, ...]:
-    """The packages a build with ``backend`` needs."""
-    extra = {"tensorrt": TENSORRT, "tensorrt-rtx": TENSORRT_RTX}.get(backend, ())
-    return REQUIRED + extra
+def requirementsFor(backend: str) -> list[Requirement]:
+    """The packages a build with ``backend`` needs (``auto`` and unknown names: the CPU list), without repeats."""
+    found: dict[str, Requirement] = {}
+    for name in REQUIREMENT_FILES.get(backend, REQUIREMENT_FILES["openvino"]):
+        for requirement in readRequirements(RESOURCES / name):
+            found.setdefault(requirement.distribution, requirement)
+    return list(found.values())
 
 
 def isSatisfied(requirement: Requirement) -> bool:
-    """True when the package imports here in a version inside ``requirement.versions``."""
-    if importlib.util.find_spec(requirement.importName) is None:
-        return False
-    if not requirement.versions:
+    """True when the distribution is installed here in a version inside ``requirement.versions`` (or the
+    requirement's marker excludes this Python). Reads metadata; imports nothing."""
+    from packaging.markers import Marker
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion, Version
+
+    if requirement.marker and not Marker(requirement.marker).evaluate():
         return True
+    distribution = requirement.distribution.split("[")[0]
     try:
-        installed = importlib.metadata.version(requirement.distribution.split("[")[0])
+        installed = importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
-        return True  # importable but not pip-managed (bundled with Slicer): trust it
-    return versionMatches(installed, requirement.versions)
-
-
-def versionMatches(version: str, specifier: str) -> bool:
-    """``version`` inside a pip ``specifier`` such as ``">=1.4,<2"`` (local tags like ``+cpu`` ignored)."""
+        # Slicer builds a few packages itself (SimpleITK) without pip metadata: importable under its own name is enough.
+        return importlib.util.find_spec(distribution.replace("-", "_")) is not None
     try:
-        from packaging.specifiers import SpecifierSet
-        from packaging.version import Version
-
-        return Version(version.split("+")[0]) in SpecifierSet(specifier)
-    except ImportError:  # no packaging module: accept what imports
-        return True
+        return SpecifierSet(requirement.versions).contains(Version(installed), prereleases=True)
+    except InvalidVersion:
+        return True  # a local build with a non-standard version string: trust it
 
 
 def missingRequirements(backend: str = "openvino") -> list[Requirement]:
@@ -94,34 +103,45 @@ def missingRequirements(backend: str = "openvino") -> list[Requirement]:
 
 def describeMissing(missing: list[Requirement]) -> str:
     """What an install will do, for the confirmation question and the log."""
-    lines = [f"  {r.pipSpecifier}  ({r.purpose})" for r in missing]
+    lines = [f"  {r.pipSpecifier}" + (f"  ({r.purpose})" if r.purpose else "") for r in missing]
     return "PTQSegment needs these Python packages, which will be downloaded and installed into Slicer:\n" + "\n".join(lines)
 
 
 def installRequirements(missing: list[Requirement], confirm: Callable[[str], bool],
-                        pipInstall: Callable[[str], None] | None = None, showStatus: Callable[[str], None] = log.info) -> bool:
+                        pipInstall: Callable[[list[str]], None] | None = None, showStatus: Callable[[str], None] = log.info) -> bool:
     """Install ``missing`` after ``confirm(description)`` agrees; returns False when the user declined.
 
-    ``pipInstall`` defaults to ``slicer.util.pip_install``. torch is installed by ``PyTorchUtils`` when the
-    PyTorch extension is there, else by pip.
+    ``pipInstall`` (a list of pip specifiers in, one pip run) defaults to Slicer's installer (``slicerPipInstall``).
+    torch is installed by ``PyTorchUtils`` when the PyTorch extension is there, else by pip with the rest.
     """
     if not missing:
         return True
     if not confirm(describeMissing(missing)):
         return False
-    if pipInstall is None:
-        import slicer
-
-        pipInstall = slicer.util.pip_install
+    pipInstall = pipInstall or slicerPipInstall
     rest = list(missing)
-    torch = next((r for r in rest if r.importName == "torch"), None)
+    torch = next((r for r in rest if r.distribution == "torch"), None)
     if torch is not None and _installTorchWithPyTorchUtils(torch, showStatus):
         rest.remove(torch)
-    for requirement in rest:
-        showStatus(f"Installing {requirement.pipSpecifier} ...")
-        pipInstall(requirement.pipSpecifier)
+    if rest:
+        showStatus("Installing " + ", ".join(r.pipSpecifier for r in rest) + " ...")
+        pipInstall([r.pipSpecifier for r in rest])  # one pip run: one consistent resolution
     importlib.invalidate_caches()
     return True
+
+
+def slicerPipInstall(specifiers: list[str]) -> None:
+    """Install with ``slicer.packaging.pip_install`` (Slicer 5.12+: progress dialog) or ``slicer.util.pip_install``."""
+    try:
+        import slicer.packaging as packaging
+    except ImportError:
+        packaging = None
+    if packaging is not None and hasattr(packaging, "pip_install"):
+        packaging.pip_install(specifiers, requester="PTQSegment")
+        return
+    import slicer
+
+    slicer.util.pip_install(specifiers)
 
 
 def _installTorchWithPyTorchUtils(requirement: Requirement, showStatus) -> bool:

@@ -1,70 +1,24 @@
-"""Built engines on disk, and why one can no longer be trusted (stale).
+"""Built engines on disk, and why one can no longer be trusted (stale). Reads JSON and package metadata only:
+listing engines imports no runtime (torch, OpenVINO, NNCF, TensorRT) into Slicer's process.
 
-Every ``ptqseg build`` leaves a copy of its engine in the cache (``<cache>/engines/<key>``), so the cache is the
-list of engines built on this machine. An engine is stale when what it was built for has changed:
+Every ``ptqseg build`` leaves its engine in the cache (``<cache>/engines/<key>``), so the cache is the list of
+engines built on this machine. An engine is stale when what it was built for has changed:
 
-- its backend's library is missing here or has another version (an OpenVINO IR or a TensorRT plan is tied to it);
-- it was built on another GPU (TensorRT plans are specific to a GPU model);
+- its backend's runtime is missing here or has another version (an OpenVINO IR or a TensorRT plan is tied to it),
+  read from the installed packages' metadata (``engine_builder.capabilities``);
+- it was built on another GPU (TensorRT plans are specific to a GPU model), judged once the child process has
+  said which GPU is here (``ptqseg capabilities``);
 - the weights it was built from changed (the packaged file, or the file the user names, hashes differently).
 """
 
 from __future__ import annotations
 
 import hashlib
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-#: Backends whose engines only run on an NVIDIA GPU.
-GPU_BACKENDS = ("tensorrt", "tensorrt-rtx")
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    """An NVIDIA GPU as ``nvidia-smi`` names it, with its compute capability (``"8.9"``)."""
-
-    name: str
-    computeCapability: str = ""
-
-    @property
-    def isRtx(self) -> bool:
-        return "RTX" in self.name.upper()
-
-    @property
-    def capability(self) -> tuple[int, int]:
-        major, _, minor = self.computeCapability.partition(".")
-        return (int(major), int(minor or 0)) if major.isdigit() else (0, 0)
-
-
-@lru_cache(maxsize=1)
-def detectGpu() -> GpuInfo | None:
-    """The first NVIDIA GPU (through ``nvidia-smi``, no CUDA import), or None when there is none."""
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return None
-    try:
-        output = subprocess.run([smi, "--query-gpu=name,compute_cap", "--format=csv,noheader"], capture_output=True,
-                                text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    first = output.strip().splitlines()[0] if output.strip() else ""
-    if not first:
-        return None
-    name, _, capability = first.partition(",")
-    return GpuInfo(name.strip(), capability.strip())
-
-
-@lru_cache(maxsize=None)
-def backendVersion(name: str) -> str | None:
-    """The installed version string of backend ``name`` (as manifests record it), or None when it cannot load here."""
-    try:
-        from engine_builder.backends import get_backend
-
-        return get_backend(name).version()
-    except Exception:  # a missing or broken runtime library: the engine cannot run here
-        return None
+from engine_builder.capabilities import built_runtime_version, installed_runtime_versions
 
 
 @lru_cache(maxsize=64)
@@ -116,29 +70,43 @@ class EngineRecord:
                 + (" | STALE: " + "; ".join(self.staleReasons) if self.stale else ""))
 
 
-def staleReasons(manifest: dict, weightsPath: str | Path | None = None, gpu: GpuInfo | None = None) -> list[str]:
+def staleReasons(manifest: dict, weightsPath: str | Path | None = None, runtimeVersions: dict | None = None,
+                 capabilities: dict | None = None) -> list[str]:
     """Why an engine built with ``manifest`` should be rebuilt on this machine (empty: it is current).
 
     ``weightsPath`` is the weights file the user means to use for the engine's model (None: the packaged weights,
-    when the model has them); ``gpu`` the GPU here (``detectGpu()``).
+    when the model has them); ``runtimeVersions`` is ``installed_runtime_versions()`` (read now when None);
+    ``capabilities`` is the child process's answer (``ptqseg capabilities``), None while it is not known: then the
+    GPU an engine was built on is not compared.
     """
     reasons = []
-    current = backendVersion(manifest["backend"])
-    if current is None:
-        reasons.append(f"backend {manifest['backend']} is not installed here")
-    elif current != manifest.get("backend_version"):
-        reasons.append(f"built with {manifest.get('backend_version')}, this machine has {current}")
-    built_gpu = (manifest.get("runs_as") or {}).get("gpu")  # TensorRT engines: {"name", "compute_capability"}
-    if isinstance(built_gpu, dict):
-        if gpu is None:
-            reasons.append(f"built on {built_gpu.get('name')}, this machine has no NVIDIA GPU")
-        elif built_gpu.get("compute_capability") != gpu.computeCapability:
-            reasons.append(f"built on {built_gpu.get('name')} (compute capability {built_gpu.get('compute_capability')}), "
-                           f"this machine has {gpu.name} ({gpu.computeCapability}): it will be rebuilt on first use")
+    backend = manifest["backend"]
+    installed = (installed_runtime_versions() if runtimeVersions is None else runtimeVersions).get(backend)
+    built = built_runtime_version(manifest)
+    if installed is None:
+        reasons.append(f"backend {backend} is not installed here")
+    elif installed != built:
+        reasons.append(f"built with {built}, this machine has {installed}")
+    reason = _gpuReason(manifest, capabilities)
+    if reason:
+        reasons.append(reason)
     reason = _weightsReason(manifest, weightsPath)
     if reason:
         reasons.append(reason)
     return reasons
+
+
+def _gpuReason(manifest: dict, capabilities: dict | None) -> str | None:
+    built = (manifest.get("runs_as") or {}).get("gpu")  # TensorRT engines: {"name", "compute_capability"}
+    if not isinstance(built, dict) or capabilities is None:
+        return None
+    here = capabilities.get("gpu")
+    if here is None:
+        return f"built on {built.get('name')}, this machine has no NVIDIA GPU that torch can use"
+    if built.get("compute_capability") != here.get("compute_capability"):
+        return (f"built on {built.get('name')} (compute capability {built.get('compute_capability')}), this machine has "
+                f"{here.get('name')} ({here.get('compute_capability')}): it will be rebuilt on first use")
+    return None
 
 
 def _weightsReason(manifest: dict, weightsPath) -> str | None:
@@ -149,7 +117,7 @@ def _weightsReason(manifest: dict, weightsPath) -> str | None:
         source = manifest["spec"].get("weights") or {}
         if source.get("kind") != "packaged" or (manifest.get("weights") or {}).get("file") != Path(source["path"]).name:
             return None  # the user's own weights file: nothing to compare with unless the caller names it
-        from engine_builder.weights import PACKAGED_WEIGHTS
+        from engine_builder.models import PACKAGED_WEIGHTS
 
         weightsPath = PACKAGED_WEIGHTS / source["path"]
     weightsPath = Path(weightsPath)
@@ -160,15 +128,16 @@ def _weightsReason(manifest: dict, weightsPath) -> str | None:
     return None
 
 
-def listEngines(folders, weightsPaths: dict[str, str | Path] | None = None, gpu: GpuInfo | None = None) -> list[EngineRecord]:
+def listEngines(folders, weightsPaths: dict[str, str | Path] | None = None, capabilities: dict | None = None) -> list[EngineRecord]:
     """Engines directly inside ``folders`` (newest first), each checked for staleness.
 
-    ``weightsPaths`` maps a model name to the weights file the user chose for it. Folders that are not engines,
-    and engines written by another engine format, are left out.
+    ``weightsPaths`` maps a model name to the weights file the user chose for it; ``capabilities`` as in
+    ``staleReasons``. Folders that are not engines, and engines written by another engine format, are left out.
     """
     from engine_builder.artifact import read_manifest
     from engine_builder.errors import PTQError
 
+    runtimeVersions = installed_runtime_versions()  # read once per listing, never cached: an install changes it
     records, seen = [], set()
     for folder in folders:
         folder = Path(folder)
@@ -184,6 +153,6 @@ def listEngines(folders, weightsPaths: dict[str, str | Path] | None = None, gpu:
                 continue
             seen.add(key)
             weights = (weightsPaths or {}).get(manifest["spec"]["name"])
-            records.append(EngineRecord(path, manifest, staleReasons(manifest, weights, gpu)))
+            records.append(EngineRecord(path, manifest, staleReasons(manifest, weights, runtimeVersions, capabilities)))
     records.sort(key=lambda record: str(record.manifest.get("created", "")), reverse=True)
     return records

@@ -4,42 +4,47 @@ Usable from Slicer's Python console (``PTQSegment.PTQSegmentLogic()`` adds the p
 Python on the ``slicer-core`` wheel, where tests pass their own scene::
 
     logic = PTQSegmentLogic()
-    engine = logic.buildEngine("demo", calibrationFolder="/data/unlabeled-ct")     # in-process, blocking
+    engine = logic.buildEngine("demo", calibrationFolder="/data/unlabeled-ct")     # blocks until built
     segmentationNode, timings = logic.segment(volumeNode, engine)
 
-The panel uses the background variants instead (``buildEngine(..., background=True)``, ``startSegment``): the work
-runs in a ``ptqseg`` child process and the returned ``Job`` is polled from a timer, then ``finishBuild`` /
-``finishSegment`` turn it into an engine or a segmentation node. Every user mistake the panel can make is caught
-by ``checkBuildInputs`` / ``checkSegmentInputs`` as an ``InputError`` whose message is one readable line.
+Nothing heavy runs in the calling process: builds, segmentations and capability questions (which backends work
+here, which GPU) run in a ``ptqseg`` child process; this process reads JSON, package metadata and volume nodes.
+The blocking calls above wait for the child; the panel uses the background variants instead
+(``buildEngine(..., background=True)``, ``startSegment``), whose ``Job`` is polled from a timer and turned into an
+engine or a segmentation node by ``finishBuild`` / ``finishSegment``. Every choice in the panel that cannot work
+is refused by ``checkBuildInputs`` / ``checkSegmentInputs`` as an ``InputError`` whose message is one readable line.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import ensureEngineBuilderImportable
-from .engine_catalog import GPU_BACKENDS, EngineRecord, GpuInfo, detectGpu, listEngines, staleReasons
-from .process import PtqsegProcess, removePartialEngines
+from engine_builder.capabilities import AUTO_BACKEND, BACKEND_NAMES  # standard library only
+from engine_builder.errors import PTQError
+from engine_builder.timing import StageTimer
 
-ensureEngineBuilderImportable()
-from engine_builder.errors import PTQError  # noqa: E402  (light: no torch, no runtime)
+from .engine_catalog import EngineRecord, listEngines, staleReasons
+from .nodes import TransformError, checkTransform
+from .process import CANCEL_GRACE_S, PtqsegProcess, pythonExecutable
 
 #: The model choice that means "a weights file for one of the registry's architectures".
 CUSTOM_MODEL = "custom"
-AUTO_BACKEND = "auto"
-#: Backend names as engine_builder registers them (or will: the TensorRT backend is being written).
-TENSORRT, TENSORRT_RTX = "tensorrt", "tensorrt-rtx"
-#: Compute capabilities (major, minor): TensorRT 10 needs Turing or newer; TensorRT-RTX runs these (its support matrix).
-TENSORRT_MIN_CAPABILITY = (7, 5)
-TENSORRT_RTX_CAPABILITIES = ((8, 0), (8, 6), (8, 9), (12, 0), (12, 1))
+#: Precisions the panel offers; which ones a backend builds here comes from ``capabilities()``.
+PRECISIONS = ("int8", "fp32", "fp16", "bf16")
+#: Seconds to wait for ``ptqseg capabilities`` (it imports torch, OpenVINO and TensorRT: seconds, more from a cold disk).
+CAPABILITIES_TIMEOUT_S = 180.0
 #: Stage names of engine_builder's progress events, as the panel says them.
 STAGE_TITLES = {"calibration": "Calibrating", "export": "Exporting", "quantize": "Quantizing (INT8)", "compile": "Compiling",
                 "accuracy_check": "Checking INT8 vs FP32", "inference": "Segmenting", "starting": "Starting"}
 _PRECISION_NAMES = {"u8": "int8", "i8": "int8", "f32": "fp32", "f16": "fp16", "bf16": "bf16", "i32": "int32"}
+
+#: ``ptqseg capabilities`` answers, per interpreter, for this session (Slicer's process); cleared after an install.
+_SESSION_CAPABILITIES: dict[str, dict] = {}
 
 
 class InputError(PTQError):
@@ -54,13 +59,16 @@ class Job:
         kind: ``build`` or ``segment``.
         process: the child; ``poll()`` it from a timer.
         workDir: temporary files of this job (scene volumes for calibration, the input and output volumes),
-            removed when the job is finished.
+            removed when the job is finished or discarded.
+        outputPath: the label file a segment job writes.
+        volumeNode, engine: what a segment job segments, and with which engine.
+        timings: milliseconds per stage spent on the Slicer side so far.
     """
 
     kind: str
     process: PtqsegProcess
     workDir: Path
-    outputPath: Path
+    outputPath: Path | None = None
     volumeNode: object = None
     engine: EngineRecord | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -68,8 +76,9 @@ class Job:
     def poll(self) -> list[dict]:
         return self.process.poll()
 
-    def cancel(self) -> None:
-        self.process.cancel()
+    def cancel(self, grace_s: float = CANCEL_GRACE_S) -> None:
+        """Stop the child's whole process tree (see ``PtqsegProcess.cancel``)."""
+        self.process.cancel(grace_s)
 
     def wait(self, timeout: float | None = None) -> str:
         return self.process.wait(timeout)
@@ -89,11 +98,10 @@ class PTQSegmentLogic:
 
     def __init__(self, scene=None, cacheRoot: str | Path | None = None, python: str | None = None):
         """``scene`` defaults to ``slicer.mrmlScene``; ``cacheRoot`` to ``$PTQSEG_CACHE`` or ``~/.cache/ptqsegment``;
-        ``python`` is the interpreter of the child processes (default: ``PythonSlicer`` in Slicer)."""
+        ``python`` is the interpreter (or launcher) of the child processes (default: ``PythonSlicer`` in Slicer)."""
         self._scene = scene
         self._cacheRoot = Path(cacheRoot) if cacheRoot else None
         self.python = python
-        self._openEngines: dict[str, tuple] = {}
 
     # ----------------------------------------------------------------------------------------------- settings
     @property
@@ -114,25 +122,67 @@ class PTQSegmentLogic:
 
     @property
     def engineFolders(self) -> list[Path]:
-        """Where built engines are listed from: the engine cache every ``ptqseg build`` copies into."""
+        """Where built engines are listed from: the engine cache every ``ptqseg build`` writes into."""
         return [self.cacheRoot / "engines"]
 
     @staticmethod
     def modelNames() -> list[str]:
-        """Registry model names (the panel adds "Custom weights…")."""
+        """Registry model names (the panel adds "custom": your own weights for one of them)."""
         from engine_builder.models import registry
 
         return sorted(registry())
 
     @staticmethod
     def backendNames() -> list[str]:
-        """``auto`` followed by the backends engine_builder has (its CPU backends while torch is not installed yet:
-        ``engine_builder.backends`` imports torch)."""
+        """``auto`` followed by every backend engine_builder has; which of them work here: ``capabilities()``."""
+        return [AUTO_BACKEND, *BACKEND_NAMES]
+
+    # ------------------------------------------------------------------------------------------ capabilities
+    def capabilities(self, refresh: bool = False) -> dict:
+        """What works here (``engine_builder.capabilities.probe``), asked once per session through a child process.
+
+        Blocks until the child answers; the panel starts ``startCapabilitiesQuery`` instead and gives its process to
+        ``acceptCapabilities``. ``refresh`` asks again (after installing packages the answer changes).
+        """
+        known = None if refresh else self.knownCapabilities()
+        if known is not None:
+            return known
+        process = self.startCapabilitiesQuery()
         try:
-            from engine_builder.backends import backend_names
-        except ImportError:
-            return [AUTO_BACKEND, "openvino", "torch"]
-        return [AUTO_BACKEND, *backend_names()]
+            process.wait(CAPABILITIES_TIMEOUT_S)
+        except TimeoutError:
+            process.cancel(0)
+            raise InputError("Checking which backends work here took too long; see the Python console.") from None
+        return self.acceptCapabilities(process)
+
+    def startCapabilitiesQuery(self) -> PtqsegProcess:
+        """Start ``ptqseg capabilities`` in a child process; ``acceptCapabilities(process)`` once it ended."""
+        return PtqsegProcess(["capabilities", "--json"], python=self.python).start()
+
+    def acceptCapabilities(self, process: PtqsegProcess) -> dict:
+        """The answer of a finished capabilities query, kept for the session; ``InputError`` when it failed."""
+        answer = (process.result or {}).get("capabilities")
+        if process.status != "succeeded" or not isinstance(answer, dict):
+            raise InputError(f"Could not check which backends work here: {process.errorMessage or process.status}")
+        _SESSION_CAPABILITIES[self._interpreter] = answer
+        return answer
+
+    def knownCapabilities(self) -> dict | None:
+        """The session's capabilities answer when one was received, without asking (None: not known yet)."""
+        return _SESSION_CAPABILITIES.get(self._interpreter)
+
+    def forgetCapabilities(self) -> None:
+        """Drop the session's answer: the next ``capabilities()`` asks again (packages were installed)."""
+        _SESSION_CAPABILITIES.pop(self._interpreter, None)
+
+    @property
+    def _interpreter(self) -> str:
+        return self.python or pythonExecutable()
+
+    def precisionsFor(self, backend: str, capabilities: dict) -> list[str]:
+        """The precisions ``backend`` (or ``auto``) builds here, per ``capabilities``."""
+        info = capabilities["backends"].get(self.resolveBackend(backend, capabilities)) or {}
+        return list(info.get("precisions") or [])
 
     # ------------------------------------------------------------------------------------------ dependencies
     @staticmethod
@@ -141,85 +191,85 @@ class PTQSegmentLogic:
 
         return missingRequirements(backend)
 
-    @staticmethod
-    def installDependencies(missing: list, confirm) -> bool:
-        """Install ``missing`` (from ``missingDependencies``) once ``confirm(description)`` returns True."""
+    def installDependencies(self, missing: list, confirm) -> bool:
+        """Install ``missing`` (from ``missingDependencies``) once ``confirm(description)`` returns True; the
+        session's capabilities answer is dropped, since what works here has changed."""
         from .dependency_handler import installRequirements
 
-        return installRequirements(missing, confirm)
+        installed = installRequirements(missing, confirm)
+        if installed and missing:
+            self.forgetCapabilities()
+        return installed
 
     # ------------------------------------------------------------------------------------------------ checks
-    def resolveBackend(self, choice: str, gpu: GpuInfo | None = None, available: list[str] | None = None) -> str:
-        """The backend ``choice`` means here. ``auto``: TensorRT when it is installed and the GPU supports it, else
-        TensorRT-RTX on an RTX GPU it supports, else OpenVINO INT8 on the CPU."""
-        if choice != AUTO_BACKEND:
-            return choice
-        import importlib.util
-
-        from engine_builder.backends import backend_names
-
-        available = backend_names() if available is None else available
-        gpu = detectGpu() if gpu is None else gpu
-        if gpu is not None:
-            if TENSORRT in available and gpu.capability >= TENSORRT_MIN_CAPABILITY and importlib.util.find_spec("tensorrt"):
-                return TENSORRT
-            rtx_supported = gpu.isRtx and gpu.capability in TENSORRT_RTX_CAPABILITIES
-            if TENSORRT_RTX in available and rtx_supported and importlib.util.find_spec("tensorrt_rtx_bindings"):
-                return TENSORRT_RTX
-        return "openvino"
+    @staticmethod
+    def resolveBackend(choice: str, capabilities: dict) -> str:
+        """The backend ``choice`` means here: itself, or for ``auto`` what ``capabilities`` chose (TensorRT when it
+        works here, else TensorRT-RTX, else OpenVINO INT8 on the CPU)."""
+        return capabilities["auto_backend"] if choice == AUTO_BACKEND else choice
 
     def checkBuildInputs(self, modelName: str, weightsPath: str | Path | None = None, calibrationFolder: str | Path | None = None,
                          useSceneVolumes: bool = False, backend: str = AUTO_BACKEND, precision: str = "int8",
-                         gpu: GpuInfo | None = None) -> str:
-        """Raise ``InputError`` for a build that cannot work; return the backend it will use."""
-        from engine_builder.backends import backend_names
+                         capabilities: dict | None = None) -> str:
+        """Raise ``InputError`` for a build that cannot work; return the backend it will use.
+
+        ``capabilities`` defaults to ``capabilities()`` (asked through a child process once per session).
+        """
+        spec = self._spec(modelName)
+        capabilities = self.capabilities() if capabilities is None else capabilities
+        resolved = self.resolveBackend(backend, capabilities)
+        self._checkBackend(resolved, precision, capabilities)
+        self._checkWeights(spec, chosenPath(weightsPath))
+        if precision == "int8":
+            self._checkCalibration(chosenPath(calibrationFolder), useSceneVolumes)
+        return resolved
+
+    @staticmethod
+    def _spec(modelName: str):
         from engine_builder.models import get_spec
 
         if not modelName or modelName == CUSTOM_MODEL:
             raise InputError("Choose the architecture your custom weights belong to.")
-        spec = get_spec(modelName)
-        resolved = self.resolveBackend(backend, gpu)
-        if resolved not in backend_names():
-            raise InputError(f"Backend '{resolved}' is not available in this engine_builder (it has: {', '.join(backend_names())}).")
-        if resolved in GPU_BACKENDS and (gpu or detectGpu()) is None:
-            raise InputError(f"Backend {resolved} needs an NVIDIA GPU and none was found: choose Auto or openvino (CPU).")
-        self._checkWeights(spec, weightsPath)
-        if precision == "int8":
-            self._checkCalibration(calibrationFolder, useSceneVolumes)
-        return resolved
+        try:
+            return get_spec(modelName)
+        except PTQError as exc:
+            raise InputError(f"Model: {exc}.") from None
 
     @staticmethod
-    def _checkWeights(spec, weightsPath) -> None:
-        if weightsPath:
-            if not Path(weightsPath).is_file():
+    def _checkBackend(backend: str, precision: str, capabilities: dict) -> None:
+        info = capabilities["backends"].get(backend)
+        if info is None:
+            raise InputError(f"Unknown backend '{backend}': choose one of {', '.join(BACKEND_NAMES)}.")
+        if not info["usable"]:
+            raise InputError(f"Backend {backend} cannot run here: {info['reason']}. Choose Auto or openvino (CPU).")
+        if precision not in info["precisions"]:
+            raise InputError(f"Backend {backend} builds {', '.join(info['precisions'])} here, not {precision}: "
+                             "choose another precision (Advanced).")
+
+    @staticmethod
+    def _checkWeights(spec, weightsPath: Path | None) -> None:
+        if weightsPath is not None:
+            if not weightsPath.is_file():
                 raise InputError(f"Weights file {weightsPath} not found: choose an existing .pt state-dict file.")
             return
         source = spec.weights
         if source.kind == "packaged":
-            from engine_builder.weights import PACKAGED_WEIGHTS
+            from engine_builder.models import PACKAGED_WEIGHTS
 
             if not (PACKAGED_WEIGHTS / source.path).is_file():
                 raise InputError(f"Model '{spec.name}': its weights ({source.path}) are missing from this installation; "
-                                 "reinstall the extension, or pick \"Custom weights…\" and a weights file.")
+                                 "reinstall the extension, or choose the model \"custom\" and a weights file.")
         elif source.kind == "none":
-            raise InputError(f"Model '{spec.name}' has no pretrained weights: pick \"Custom weights…\" and a weights file.")
+            raise InputError(f"Model '{spec.name}' has no pretrained weights: choose the model \"custom\" and a weights file.")
 
-    def _checkCalibration(self, calibrationFolder, useSceneVolumes: bool) -> None:
+    def _checkCalibration(self, calibrationFolder: Path | None, useSceneVolumes: bool) -> None:
         if useSceneVolumes:
             if not self.sceneVolumes():
                 raise InputError("No volume is loaded in the scene to calibrate on: load a few unlabeled scans, or choose a calibration folder.")
             return
-        if not calibrationFolder or not str(calibrationFolder).strip():
+        if calibrationFolder is None:
             raise InputError("INT8 needs calibration data: choose a folder of unlabeled volumes, or tick \"use the volumes loaded in the scene\".")
-        from engine_builder.sources import find_volumes
-
-        try:
-            candidates, skipped = find_volumes(calibrationFolder)
-        except PTQError as exc:
-            raise InputError(str(exc)) from None
-        if not candidates:
-            raise InputError(f"No volume found in calibration folder {calibrationFolder} ({len(skipped)} other files): "
-                             "put NIfTI, NRRD or DICOM volumes in it.")
+        checkCalibrationFolder(calibrationFolder)
 
     def checkSegmentInputs(self, volumeNode, engine) -> list[str]:
         """Raise ``InputError`` when segmenting cannot work; return warnings (why the engine is stale) otherwise."""
@@ -229,6 +279,10 @@ class PTQSegmentLogic:
             raise InputError(f"Volume {volumeNode.GetName()} has no voxels.")
         if volumeNode.IsA("vtkMRMLLabelMapVolumeNode") or volumeNode.GetImageData().GetNumberOfScalarComponents() != 1:
             raise InputError(f"{volumeNode.GetName()} is not a scalar image volume: select a CT or MR scan.")
+        try:
+            checkTransform(volumeNode)
+        except TransformError as exc:
+            raise InputError(str(exc)) from None
         if engine is None or engine == "":
             raise InputError("Build an engine first, or pick one from the list of built engines.")
         record = self.engineRecord(engine)
@@ -246,64 +300,55 @@ class PTQSegmentLogic:
     def buildEngine(self, modelName: str, calibrationFolder: str | Path | None = None, weightsPath: str | Path | None = None,
                     backend: str = AUTO_BACKEND, precision: str = "int8", patchesPerVolume: int = 8,
                     useSceneVolumes: bool = False, background: bool = False) -> EngineRecord | Job:
-        """Calibrate and build (or reuse from the cache) an engine.
+        """Calibrate and build (or reuse from the cache) an engine, in a ``ptqseg build`` child process.
 
         Args:
             modelName: registry name of the architecture (with ``weightsPath`` for custom weights).
             calibrationFolder: folder of unlabeled volumes; ignored with ``useSceneVolumes``.
             backend: ``auto`` or a backend name; precision: ``int8`` (default), or ``fp32``, ...
             patchesPerVolume: calibration patches drawn from each volume.
-            background: False builds in this process and returns the ``EngineRecord``; True starts ``ptqseg build``
-                and returns its ``Job`` (then ``finishBuild(job)``).
+            background: False waits for the child and returns the ``EngineRecord``; True returns the running ``Job``
+                at once (then ``finishBuild(job)``).
         """
+        weightsPath, calibrationFolder = chosenPath(weightsPath), chosenPath(calibrationFolder)
         resolved = self.checkBuildInputs(modelName, weightsPath, calibrationFolder, useSceneVolumes, backend, precision)
         workDir = self._newWorkDir("build")
         try:
             calibration = self._writeSceneVolumes(workDir / "calibration") if useSceneVolumes else calibrationFolder
-            if not background:
-                return self._buildInProcess(modelName, calibration, weightsPath, resolved, precision, patchesPerVolume)
-            out = workDir / "engine"
             arguments = ["build", "--model", modelName, "--backend", resolved, "--precision", precision,
-                         "--patches", str(int(patchesPerVolume)), "--out", str(out), "--cache", str(self.cacheRoot)]
+                         "--patches", str(int(patchesPerVolume)), "--device", deviceFor(resolved, precision),
+                         "--cache", str(self.cacheRoot)]  # the engine is written once, into the cache
             arguments += ["--calib", str(calibration)] if calibration and precision == "int8" else []
             arguments += ["--weights", str(weightsPath)] if weightsPath else []
-            job = Job("build", PtqsegProcess(arguments, python=self.python).start(), workDir, out)
+            job = Job("build", PtqsegProcess(arguments, python=self.python).start(), workDir)
         except BaseException:
             shutil.rmtree(workDir, ignore_errors=True)
             raise
-        finally:
-            if not background:
-                shutil.rmtree(workDir, ignore_errors=True)
-        return job
-
-    def _buildInProcess(self, modelName, calibration, weightsPath, backend, precision, patchesPerVolume) -> EngineRecord:
-        from engine_builder.pipeline import BuildRequest, build_engine
-
-        request = BuildRequest(model=modelName, calib=calibration if precision == "int8" else None, weights=weightsPath,
-                               backend=backend, precision=precision, patches_per_volume=int(patchesPerVolume), progress=False)
-        result = build_engine(request, cache_root=self.cacheRoot)
-        return self.engineRecord(result.engine_dir, weightsPath)
+        return job if background else self.finishBuild(self._waitFor(job))
 
     def finishBuild(self, job: Job) -> EngineRecord:
-        """The engine a finished build job made (its copy in the engine cache); ``InputError`` when it failed or
-        was cancelled. Temporary files go either way."""
+        """The engine a finished build job made (in the engine cache); ``InputError`` when it failed or was
+        cancelled. The job's temporary files go either way."""
         try:
             if job.process.status == "cancelled":
-                removePartialEngines(job.outputPath.parent, job.process.pid)
-                removePartialEngines(self.cacheRoot / "engines", job.process.pid)
                 raise InputError("Build cancelled: no engine was written.")
             if job.process.status != "succeeded":
                 raise InputError(f"Build failed: {job.process.errorMessage}")
-            from engine_builder.artifact import read_manifest
-
-            manifest = read_manifest(job.outputPath)
-            engineDir = self.cacheRoot / "engines" / manifest["cache_key"]
-            if not (engineDir / "manifest.json").is_file():  # keep it where the engine list finds it
-                engineDir.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(job.outputPath), str(engineDir))
-            return self.engineRecord(engineDir)
+            return self.engineRecord(Path(job.process.result["engine_dir"]))
         finally:
-            shutil.rmtree(job.workDir, ignore_errors=True)
+            self.discardJob(job)
+
+    def discardJob(self, job: Job) -> None:
+        """Remove what a finished job leaves behind: its work folder and, unless it succeeded, the temporary
+        engine directories its build left in the cache (found by the job's token, since a killed build cannot
+        remove them itself)."""
+        from engine_builder.artifact import job_partials
+
+        if job.process.status != "succeeded":
+            for folder in self.engineFolders:
+                for partial in job_partials(folder, job.process.token):
+                    shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(job.workDir, ignore_errors=True)
 
     def _writeSceneVolumes(self, folder: Path) -> Path:
         """Write the scene's scalar volumes as NIfTI files into ``folder`` (the calibration folder of a build)."""
@@ -311,36 +356,23 @@ class PTQSegmentLogic:
 
         from .nodes import volumeFromNode
 
-        folder.mkdir(parents=True, exist_ok=True)
-        for index, node in enumerate(self.sceneVolumes()):
-            write_volume(volumeFromNode(node), folder / f"{index:03d}_{_safeName(node.GetName())}.nii.gz", compress=False)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for index, node in enumerate(self.sceneVolumes()):
+                write_volume(volumeFromNode(node), folder / f"{index:03d}_{_safeName(node.GetName())}.nii.gz", compress=False)
+        except (OSError, PTQError) as exc:
+            raise InputError(f"Cannot write the scene's volumes for calibration into {folder}: "
+                             f"{getattr(exc, 'strerror', None) or exc}. Check the cache folder ($PTQSEG_CACHE).") from None
         return folder
 
     # -------------------------------------------------------------------------------------------- segmenting
     def segment(self, volumeNode, engine, segmentationNode=None) -> tuple[object, dict[str, float]]:
-        """Segment ``volumeNode`` with ``engine`` (an ``EngineRecord`` or an engine directory) in this process.
-
-        Returns (segmentation node, timings in ms per stage: preprocess, inference, argmax, inverse_resample from
-        engine_builder, plus ``read_volume_node`` and ``create_segments`` on the Slicer side).
-        """
-        from engine_builder.inference import StageTimer, segment_volume
-
-        from .nodes import segmentationFromLabels, volumeFromNode
-
-        self.checkSegmentInputs(volumeNode, engine)
-        record = self.engineRecord(engine)
-        timer = StageTimer()
-        with timer.stage("read_volume_node"):
-            volume = volumeFromNode(volumeNode)
-        network, spec = self._openEngine(record)
-        result = segment_volume(volume, network, spec, timer.timings)
-        with timer.stage("create_segments"):
-            segmentationNode = segmentationFromLabels(self.scene, result.labels, spec.labels, volumeNode, segmentationNode)
-        return segmentationNode, timer.timings
+        """Segment ``volumeNode`` with ``engine`` (an ``EngineRecord`` or an engine directory) in a ``ptqseg
+        segment`` child process, waiting for it. Returns what ``finishSegment`` returns."""
+        return self.finishSegment(self._waitFor(self.startSegment(volumeNode, engine)), segmentationNode)
 
     def startSegment(self, volumeNode, engine) -> Job:
         """Start ``ptqseg segment`` on ``volumeNode`` in a child process; ``finishSegment(job)`` makes the node."""
-        from engine_builder.inference import StageTimer
         from engine_builder.io import write_volume
 
         from .nodes import volumeFromNode
@@ -348,21 +380,21 @@ class PTQSegmentLogic:
         self.checkSegmentInputs(volumeNode, engine)
         record = self.engineRecord(engine)
         workDir = self._newWorkDir("segment")
-        timer = StageTimer()
+        timings: dict[str, float] = {}
         try:  # NRRD keeps the IJK-to-RAS matrix in full double precision (NIfTI would round it to float32)
-            with timer.stage("write_input"):
+            with StageTimer(timings).stage("write_input"):
                 write_volume(volumeFromNode(volumeNode), workDir / "input.nrrd", compress=False)
             arguments = ["segment", "--engine", str(record.path), "--input", str(workDir / "input.nrrd"),
-                         "--output", str(workDir / "labels.nrrd")]
+                         "--output", str(workDir / "labels.nrrd"), "--device", deviceFor(record.backend, record.precision)]
             process = PtqsegProcess(arguments, python=self.python).start()
         except BaseException:
             shutil.rmtree(workDir, ignore_errors=True)
             raise
-        return Job("segment", process, workDir, workDir / "labels.nrrd", volumeNode, record, timer.timings)
+        return Job("segment", process, workDir, workDir / "labels.nrrd", volumeNode, record, timings)
 
     def finishSegment(self, job: Job, segmentationNode=None) -> tuple[object, dict[str, float]]:
-        """The segmentation node of a finished segment job, and the timings (ms) of every stage, both processes."""
-        from engine_builder.inference import StageTimer
+        """The segmentation node of a finished segment job, and the timings (ms) of every stage in both processes:
+        ``write_input`` and ``create_segments`` here, the child's ``read``, ``preprocess``, ``inference``, ... ."""
         from engine_builder.io import read_volume
         from engine_builder.spec import ModelSpec
 
@@ -373,29 +405,33 @@ class PTQSegmentLogic:
                 raise InputError("Segmentation cancelled.")
             if job.process.status != "succeeded":
                 raise InputError(f"Segmentation failed: {job.process.errorMessage}")
-            timer = StageTimer(dict(job.timings))
-            timer.timings.update((job.process.result or {}).get("latency_ms", {}))
-            with timer.stage("create_segments"):
+            if job.volumeNode.GetScene() is not self.scene:
+                raise InputError(f"{job.volumeNode.GetName()} is no longer in the scene: nothing was added.")
+            timings = {**job.timings, **((job.process.result or {}).get("latency_ms") or {})}
+            with StageTimer(timings).stage("create_segments"):
                 labels = read_volume(job.outputPath)
                 spec = ModelSpec.from_dict(job.engine.manifest["spec"])
                 segmentationNode = segmentationFromLabels(self.scene, labels, spec.labels, job.volumeNode, segmentationNode)
-            return segmentationNode, timer.timings
+            return segmentationNode, timings
         finally:
-            shutil.rmtree(job.workDir, ignore_errors=True)
+            self.discardJob(job)
 
-    def _openEngine(self, record: EngineRecord):
-        key = str(record.path.resolve())
-        if key not in self._openEngines:
-            from engine_builder.pipeline import open_engine
-
-            network, spec, _ = open_engine(record.path)
-            self._openEngines = {key: (network, spec)}  # one engine in memory at a time
-        return self._openEngines[key]
+    def _waitFor(self, job: Job) -> Job:
+        """Wait for ``job`` (the blocking calls); a failure while waiting stops the child."""
+        try:
+            job.wait()
+        except BaseException:
+            job.cancel(0)
+            job.wait(60)
+            self.discardJob(job)
+            raise
+        return job
 
     # --------------------------------------------------------------------------------------------- engines
     def listEngines(self, weightsPaths: dict[str, str | Path] | None = None) -> list[EngineRecord]:
-        """Engines built on this machine, newest first, each with the reasons it is stale (if any)."""
-        return listEngines(self.engineFolders, weightsPaths)
+        """Engines built on this machine, newest first, each with the reasons it is stale (if any). Reads JSON and
+        package metadata only; the GPU comparison uses the session's capabilities once they are known."""
+        return listEngines(self.engineFolders, weightsPaths, self.knownCapabilities())
 
     def engineRecord(self, engine, weightsPath: str | Path | None = None) -> EngineRecord:
         """``engine`` (a record or an engine directory) as a freshly checked ``EngineRecord``."""
@@ -406,7 +442,7 @@ class PTQSegmentLogic:
             manifest = read_manifest(path)
         except PTQError as exc:
             raise InputError(str(exc)) from None
-        return EngineRecord(path, manifest, staleReasons(manifest, weightsPath))
+        return EngineRecord(path, manifest, staleReasons(manifest, weightsPath, capabilities=self.knownCapabilities()))
 
     # --------------------------------------------------------------------------------------------- reports
     @staticmethod
@@ -432,8 +468,38 @@ class PTQSegmentLogic:
 
     def _newWorkDir(self, kind: str) -> Path:
         root = self.cacheRoot / "slicer-jobs"
-        root.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f"{kind}-{uuid.uuid4().hex[:8]}-", dir=root))
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(prefix=f"{kind}-{uuid.uuid4().hex[:8]}-", dir=root))
+        except OSError as exc:
+            raise InputError(f"Cannot create a work folder in {root}: {exc.strerror}. Set $PTQSEG_CACHE to a writable folder.") from None
+
+
+def chosenPath(value: str | os.PathLike | None) -> Path | None:
+    """A path the user chose, or None for "none chosen": the parameter node stores an unset path as ``Path(".")``
+    (``pathlib.Path("")``), and the path widgets give absolute paths, so "." and "" both mean unset."""
+    if value is None or str(value).strip() in ("", "."):
+        return None
+    return Path(value)
+
+
+def deviceFor(backend: str, precision: str) -> str:
+    """``--device`` of a build or segmentation: torch fp16 engines run only on CUDA; everything else is given
+    ``cpu`` (TensorRT engines run on the GPU whatever this says)."""
+    return "cuda" if backend == "torch" and precision == "fp16" else "cpu"
+
+
+def checkCalibrationFolder(folder: Path) -> None:
+    """Raise ``InputError`` unless ``folder`` holds at least one volume file or DICOM series (no runtime import)."""
+    from engine_builder.sources import find_volumes
+
+    try:
+        sources, skipped = find_volumes(folder)
+    except PTQError as exc:
+        raise InputError(str(exc)) from None
+    if not sources:
+        raise InputError(f"No volume found in calibration folder {folder} ({len(skipped)} other files): "
+                         "put NIfTI, NRRD or DICOM volumes in it.")
 
 
 def describeRuntimePrecision(manifest: dict) -> str:

@@ -1,13 +1,18 @@
 """``ptqseg`` in a child process, followed through its JSON progress lines without blocking the caller.
 
-Calibration, quantization and whole-volume inference take seconds to minutes; running them in Slicer's own
-process would freeze the application (and a crash in a runtime library would take the scene with it). So the
-module starts ``python -m engine_builder.cli --progress json ...`` and a ``qt.QTimer`` calls ``poll()``: two
-reader threads move the child's stdout (one JSON event per line) and stderr (log) into queues, and ``poll()``
-drains them. Nothing here imports Qt, so the same class runs in tests and in the Python console.
+Calibration, quantization and whole-volume inference take seconds to minutes, and import torch, OpenVINO and
+TensorRT; running them in Slicer's own process would freeze the application (and a crash in a runtime library would
+take the scene with it). So the module starts ``python -m engine_builder.cli --progress json ...`` and a
+``qt.QTimer`` calls ``poll()``: two reader threads move the child's stdout (one JSON event per line) and stderr
+(log) into queues, and ``poll()`` drains them. Nothing here imports Qt, so the same class runs in tests and in
+the Python console.
 
-Cancel sends an interrupt first (the child's build then removes its temporary engine directory, see
-``engine_builder.artifact``), and kills the process group after a grace period.
+In Slicer the child is started through ``PythonSlicer``, a launcher that starts the real interpreter as its own
+child. So a job is named by a token (``$PTQSEG_JOB_TOKEN``, which ``engine_builder.artifact`` writes into the
+names of its temporary directories), not by a process id, and Cancel acts on the whole process tree (psutil):
+an interrupt first, so that the build removes its temporary engine directory itself, then a kill after a grace
+period (at once on Windows, where a child without a console cannot be interrupted); the caller then removes what
+a killed build left, by token.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from engine_builder.artifact import JOB_TOKEN_ENV  # standard library only; importable: see PTQSegmentLib/__init__.py
 
 from . import engineBuilderRoot
 
@@ -30,6 +37,8 @@ from . import engineBuilderRoot
 CANCEL_GRACE_S = 5.0
 #: Lines of child output kept for the "details" log.
 LOG_LINES = 2000
+#: Seconds between two listings of the job's process tree while it runs.
+TREE_INTERVAL_S = 0.5
 
 
 def pythonExecutable() -> str:
@@ -42,14 +51,45 @@ def ptqsegCommand(arguments: list[str], python: str | None = None) -> list[str]:
     return [python or pythonExecutable(), "-m", "engine_builder.cli", "--progress", "json", *arguments]
 
 
-def childEnvironment() -> dict[str, str]:
-    """This process's environment, with ``engine_builder`` importable and unbuffered output."""
+def childEnvironment(token: str) -> dict[str, str]:
+    """This process's environment, with ``engine_builder`` importable, unbuffered output and the job ``token``."""
     env = dict(os.environ)
     root = engineBuilderRoot()
     if root is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
     env["PYTHONUNBUFFERED"] = "1"
+    env[JOB_TOKEN_ENV] = token
     return env
+
+
+def newJobToken() -> str:
+    """A fresh job token: letters and digits only (it becomes part of file names)."""
+    return uuid.uuid4().hex[:16]
+
+
+def processTree(pid: int) -> list:
+    """``psutil.Process`` objects for ``pid`` and all its descendants that exist now (empty when ``pid`` is gone)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def signalProcesses(processes: list, how: str) -> None:
+    """Send ``how`` (``interrupt`` or ``kill``) to every process in ``processes`` that is still running."""
+    import psutil
+
+    for process in processes:
+        try:
+            if how == "kill":
+                process.kill()
+            else:
+                process.send_signal(signal.SIGINT)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
 
 
 @dataclass
@@ -74,6 +114,8 @@ class PtqsegProcess:
 
     Attributes:
         arguments: the sub-command and its options (``["build", "--model", "demo", ...]``).
+        python: the interpreter or launcher that runs it (default ``pythonExecutable()``).
+        token: names the job: the child's temporary files carry it (``engine_builder.artifact.job_partials``).
         status: ``created``, ``running``, ``succeeded``, ``failed`` or ``cancelled``.
         progress: the latest ``progress``/``stage`` event.
         result: the ``result`` event's fields once the child reported it.
@@ -82,6 +124,7 @@ class PtqsegProcess:
 
     arguments: list[str]
     python: str | None = None
+    token: str = field(default_factory=newJobToken)
     status: str = "created"
     progress: Progress = field(default_factory=Progress)
     result: dict | None = None
@@ -92,14 +135,19 @@ class PtqsegProcess:
     _events: queue.Queue = field(default_factory=queue.Queue)
     _threads: list[threading.Thread] = field(default_factory=list)
     _kill_at: float | None = None
+    _tree: list = field(default_factory=list)
+    _tree_at: float = 0.0
 
     def start(self) -> "PtqsegProcess":
-        """Start the child; returns at once."""
+        """Start the child; returns at once. Needs psutil (a listed requirement): without it the job could not be
+        stopped, so it is not started."""
+        import psutil  # noqa: F401
+
         command = ptqsegCommand(self.arguments, self.python)
         options = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt" else {"start_new_session": True}
         self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                         env=childEnvironment(), text=True, encoding="utf-8", errors="replace", bufsize=1,
-                                         **options)
+                                         env=childEnvironment(self.token), text=True, encoding="utf-8", errors="replace",
+                                         bufsize=1, **options)
         self.status = "running"
         self._threads = [threading.Thread(target=self._read, args=(self._process.stdout, True), daemon=True),
                          threading.Thread(target=self._read, args=(self._process.stderr, False), daemon=True)]
@@ -109,6 +157,7 @@ class PtqsegProcess:
 
     @property
     def pid(self) -> int | None:
+        """The id of the process this object started (in Slicer: the launcher's, not the interpreter's)."""
         return self._process.pid if self._process else None
 
     @property
@@ -123,7 +172,11 @@ class PtqsegProcess:
         stream.close()
 
     def poll(self) -> list[dict]:
-        """The events that arrived since the last call; updates status, progress, result and log."""
+        """The events that arrived since the last call; updates status, progress, result and log.
+
+        The run ends when the started process has exited and its output pipes are closed: a launcher's child
+        holds them too, so a job is not over while the real interpreter still runs.
+        """
         events = []
         while True:
             try:
@@ -132,6 +185,8 @@ class PtqsegProcess:
                 break
         for event in events:
             self._apply(event)
+        if self.running and time.monotonic() >= self._tree_at:
+            self._refreshTree()
         if self.running and self._kill_at is not None and time.monotonic() >= self._kill_at:
             self._kill()
         if self.running and self._process.poll() is not None and not any(t.is_alive() for t in self._threads):
@@ -169,26 +224,31 @@ class PtqsegProcess:
         return self.status
 
     def cancel(self, grace_s: float = CANCEL_GRACE_S) -> None:
-        """Interrupt the child now and kill it if it is still running ``grace_s`` seconds later (in ``poll``)."""
+        """Interrupt the job's whole process tree now, and kill what still runs ``grace_s`` seconds later (in
+        ``poll``); on Windows, or with ``grace_s`` 0, kill it at once."""
         if not self.running or self._kill_at is not None:
             return
+        self._refreshTree()
         self._kill_at = time.monotonic() + grace_s
-        if os.name == "nt":  # no interrupt for a child without a console: kill at once
+        if os.name == "nt" or grace_s <= 0:
             self._kill()
-            return
-        try:
-            os.killpg(self._process.pid, signal.SIGINT)
-        except ProcessLookupError:
-            pass
+        else:
+            signalProcesses(self._tree, "interrupt")
+
+    def _refreshTree(self) -> None:
+        """Remember the job's processes: the started one and every descendant seen so far that still runs. Kept
+        up to date while the job runs because once a launcher is gone its child cannot be found through it."""
+        living = [process for process in self._tree if process.is_running()]
+        roots = living or processTree(self._process.pid)[:1]
+        found = {process.pid: process for process in roots}
+        for process in roots:
+            found.update((p.pid, p) for p in processTree(process.pid))
+        self._tree = list(found.values())
+        self._tree_at = time.monotonic() + TREE_INTERVAL_S
 
     def _kill(self) -> None:
-        try:
-            if os.name == "nt":
-                self._process.kill()
-            else:
-                os.killpg(self._process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        self._refreshTree()
+        signalProcesses(self._tree, "kill")
 
     @property
     def errorMessage(self) -> str | None:
@@ -217,9 +277,3 @@ def _parse_event(line: str) -> dict | None:
     except json.JSONDecodeError:
         return None
     return event if isinstance(event, dict) and "event" in event else None
-
-
-def removePartialEngines(folder: Path, pid: int) -> None:
-    """Delete the temporary engine directories a killed ``ptqseg`` (process ``pid``) left in ``folder``."""
-    for path in Path(folder).glob(f".*.partial-{pid}-*"):
-        shutil.rmtree(path, ignore_errors=True)

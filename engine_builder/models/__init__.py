@@ -8,9 +8,13 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from functools import lru_cache
+from pathlib import Path
 
 from ..errors import PTQError
 from ..spec import ModelSpec
+
+#: Where ``packaged`` weights files live (defined here, away from torch, so that the Slicer module can check them).
+PACKAGED_WEIGHTS = Path(__file__).parent / "weights"
 
 
 @lru_cache(maxsize=1)

@@ -8,15 +8,23 @@ because no pretrained weights can be downloaded where this project is built. It 
 
 from ..spec import Intensity, Label, ModelSpec, WeightsSource
 
+#: Categories and laterality modifiers as Slicer's "3D Slicer General Anatomy" terminology list files them
+#: (Modules/Loadable/Terminologies/Resources/SegmentationCategoryTypeModifier-SlicerGeneralAnatomy.json).
+ANATOMICAL_STRUCTURE = "SCT^123037004^Anatomical Structure"
+TISSUE = "SCT^85756007^Tissue"
+LEFT, RIGHT = "SCT^7771000^Left", "SCT^24028007^Right"
+
+# Colours: Slicer's recommended ones where they differ enough to tell segments apart; Slicer gives both kidneys
+# one colour and the stomach nearly the liver's, so those have their own here.
 DEMO_LABELS = (
     Label(0, "background", (0, 0, 0)),
-    Label(1, "liver", (221, 130, 101), "SCT^10200004^Liver"),
-    Label(2, "spleen", (157, 108, 162), "SCT^78961009^Spleen"),
-    Label(3, "kidney_left", (185, 102, 83), "SCT^64033007^Kidney"),
-    Label(4, "kidney_right", (185, 102, 83), "SCT^64033007^Kidney"),
-    Label(5, "stomach", (216, 132, 105), "SCT^69695003^Stomach"),
-    Label(6, "lung", (197, 165, 145), "SCT^39607008^Lung"),
-    Label(7, "bone", (241, 214, 145), "SCT^272673000^Bone"),
+    Label(1, "liver", (221, 130, 101), "SCT^10200004^Liver", ANATOMICAL_STRUCTURE),
+    Label(2, "spleen", (157, 108, 162), "SCT^78961009^Spleen", ANATOMICAL_STRUCTURE),
+    Label(3, "kidney_left", (185, 102, 83), "SCT^64033007^Kidney", ANATOMICAL_STRUCTURE, LEFT),
+    Label(4, "kidney_right", (128, 174, 128), "SCT^64033007^Kidney", ANATOMICAL_STRUCTURE, RIGHT),
+    Label(5, "stomach", (255, 128, 192), "SCT^69695003^Stomach", ANATOMICAL_STRUCTURE),
+    Label(6, "lung", (197, 165, 145), "SCT^39607008^Lung", ANATOMICAL_STRUCTURE),
+    Label(7, "bone", (241, 214, 145), "SCT^272673000^Bone", TISSUE),
 )
 
 DEMO = ModelSpec(

@@ -5,6 +5,7 @@ or any state dict of the same architecture passed with ``--weights``.
 """
 
 from ..spec import Intensity, Label, ModelSpec, WeightsSource
+from .demo import ANATOMICAL_STRUCTURE
 
 UNET_SPLEEN = ModelSpec(
     name="unet",
@@ -12,7 +13,8 @@ UNET_SPLEEN = ModelSpec(
     architecture="monai.networks.nets.UNet",
     arch_args=dict(spatial_dims=3, in_channels=1, out_channels=2, channels=(16, 32, 64, 128, 256),
                    strides=(2, 2, 2, 2), num_res_units=2, norm="batch"),
-    labels=(Label(0, "background", (0, 0, 0)), Label(1, "spleen", (157, 108, 162), "SCT^78961009^Spleen")),
+    labels=(Label(0, "background", (0, 0, 0)),
+            Label(1, "spleen", (157, 108, 162), "SCT^78961009^Spleen", ANATOMICAL_STRUCTURE)),
     roi_size=(96, 96, 96),
     spacing_mm=(1.5, 1.5, 2.0),
     intensity=Intensity(kind="window", a_min=-57.0, a_max=164.0, b_min=0.0, b_max=1.0),
