@@ -434,7 +434,7 @@ def test_failed_process_gives_one_line_and_details(workdir):
     process = PtqsegProcess(["segment", "--engine", str(workdir / "nowhere"), "--input", "x.nii.gz", "--output", "y.nii.gz"],
                             python=sys.executable).start()
     assert process.wait(timeout=120) == "failed"
-    assert "not an engine directory" in process.errorMessage and "\n" not in process.errorMessage
+    assert "input not found: x.nii.gz" in process.errorMessage and "\n" not in process.errorMessage  # checked first
     assert "ptqseg: error:" in process.details
 
 
@@ -520,10 +520,11 @@ def test_every_panel_failure_becomes_one_line_plus_details(logic, engine, workdi
     with reportFailures("Listing engines", show):  # a fault, not a user mistake: a manifest without what the panel reads
         logic.engineSummary(type(engine)(engine.path, {"spec": {"name": "demo"}}))
     assert [line.split(":")[0] for line, _ in shown] == [
-        f"{damaged}/manifest.json is damaged (Expecting property name enclosed in double quotes)",
+        f"engine {damaged}",
         f"Cannot create a work folder in {blocked / 'cache' / 'slicer-jobs'}",
         "Listing engines failed"]
     assert all("\n" not in line for line, _ in shown)
+    assert "manifest.json is damaged (Expecting property name enclosed in double quotes)" in shown[0][0]
     assert shown[0][1] == "" and "Traceback" in shown[2][1] and "KeyError" in shown[2][0]
     line, details = describeFailure("Build", RuntimeError("first\nsecond " + "x" * 1000))
     assert line.startswith("Build failed: RuntimeError: first second") and len(line) < 340 and "x" * 1000 in details

@@ -108,7 +108,8 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PTQError(f"engine {folder}: {MANIFEST} is damaged ({getattr(exc, 'msg', exc.reason)}): {_REBUILD}") from None
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+        raise PTQError(f"engine {folder}: {MANIFEST} is damaged ({reason}): {_REBUILD}") from None
     validate_manifest(manifest, f"engine {folder}")
     return manifest
 
