@@ -35,13 +35,21 @@ ENGINE_FILES = {
     "tensorrt": ("model.plan", "model.onnx", "tensorrt.json"),
     "tensorrt-rtx": ("model.plan", "model.onnx", "tensorrt.json"),
 }
+#: A quantized engine also carries its FP32 graph (OpenVINO IR, weights stored as fp16): the reference of
+#: ``ptqseg segment --verify``. It is not part of what runs, nor of the engine size.
+REFERENCE_FILES = ("reference.xml", "reference.bin")
 PRECISIONS = ("int8", "fp32", "bf16", "fp16")
 _MAX_MANIFEST_BYTES = 16 << 20
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _REBUILD = "rebuild the engine with 'ptqseg build'"
 _FIELDS = {"format_version", "engine_builder_version", "created", "cache_key", "spec", "backend", "backend_version",
            "precision", "runs_as", "batch_size", "input_shape", "input_name", "weights", "calibration", "kept_in_float",
-           "files", "file_sha256", "sizes", "accuracy", "build_seconds", "machine"}
+           "files", "file_sha256", "sizes", "accuracy", "accuracy_control", "build_seconds", "machine"}
+
+
+def engine_files(backend: str, precision: str) -> tuple[str, ...]:
+    """The files of an engine directory of ``backend`` at ``precision``."""
+    return ENGINE_FILES[backend] + (REFERENCE_FILES if precision == "int8" else ())
 
 
 def default_cache_root() -> Path:
@@ -124,7 +132,7 @@ def validate_manifest(manifest, where: str) -> None:
     fields.only(_FIELDS)
     backend = fields.string("backend", ENGINE_FILES)
     fields.string("backend_version", max_length=200)
-    fields.string("precision", PRECISIONS)
+    precision = fields.string("precision", PRECISIONS)
     batch = fields.integer("batch_size", 1, 256)
     spec = ModelSpec.from_dict(fields.object("spec"))
     shape = fields.integers("input_shape", 5, 1, 4096)
@@ -132,8 +140,8 @@ def validate_manifest(manifest, where: str) -> None:
         fields.fail(f"is {list(shape)}, not [batch_size, in_channels, *roi_size] = "
                     f"{[batch, spec.in_channels, *spec.roi_size]}", "input_shape")
     files = fields.strings("files", plain_names=True)
-    if sorted(files) != sorted(ENGINE_FILES[backend]):
-        fields.fail(f"lists {files}, a {backend} engine is {list(ENGINE_FILES[backend])}", "files")
+    if sorted(files) != sorted(engine_files(backend, precision)):
+        fields.fail(f"lists {files}, a {backend} {precision} engine is {list(engine_files(backend, precision))}", "files")
     hashes = fields.object("file_sha256")
     hashes.only(files)
     for name in files:
@@ -154,7 +162,7 @@ def _validate_report_fields(fields: Fields) -> None:
     if sizes is not None:
         sizes.integer("engine_bytes", 0)
         sizes.integer("fp32_onnx_bytes", 1)
-    for key in ("calibration", "accuracy"):
+    for key in ("calibration", "accuracy", "accuracy_control"):
         if fields.data.get(key) is not None:
             fields.object(key)
 

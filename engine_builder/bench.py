@@ -269,7 +269,7 @@ def _window_benchmark(weights: tuple, calib_folder: Path, backends: list[str], r
     state_bytes = sum(t.numel() * t.element_size() for t in network.state_dict().values())
     calibration = build_calibration_set(calib_folder, spec, 8, seed=0, cache_dir=cache_root / "calibration",
                                         progress=False)
-    window = np.ascontiguousarray(calibration.held_out[:1])
+    window = np.ascontiguousarray(calibration.volumes[-1].patches[:1])
     runners = {TORCH_FP32: TorchEngine(network, "fp32", 1)}
     for key, result in built.items():
         runners[key], _, _ = open_engine(result.engine_dir, threads=threads)

@@ -73,11 +73,20 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument("--precision", default="int8", help="int8 (default), fp32, bf16 (openvino), fp16 (torch on CUDA)")
     build.add_argument("--backend", default="openvino", help="openvino (default, CPU) or torch")
     build.add_argument("--method", help="activation range estimator (openvino: minmax, mean_minmax, percentile, ...)")
-    build.add_argument("--max-drop", type=float, help="keep harmful layers in float until INT8 agreement drops at most this")
+    build.add_argument("--preset", help="openvino: mixed (default: asymmetric activations) or performance (symmetric)")
+    build.add_argument("--bias-correction", default="fast", choices=("fast", "full", "none"), help="NNCF bias correction")
+    build.add_argument("--sampling", default="body", choices=("body", "tissue", "fov"),
+                       help="where calibration patches are centred: on the body (default), on soft tissue, anywhere")
+    build.add_argument("--max-drop", type=float,
+                       help="accuracy control: keep harmful layers in float until foreground agreement drops at most this")
+    build.add_argument("--accuracy-control", default="auto", choices=("auto", "off"),
+                       help="auto (default): when the held-out-volume estimate is below --min-agreement, rebuild "
+                            "with accuracy control; off: never")
     build.add_argument("--keep-float", nargs="*", default=[], help="node names to leave unquantized")
     build.add_argument("--batch", type=int, default=1, help="windows per engine call (static batch)")
     build.add_argument("--patches", type=int, default=8, help="calibration patches per volume")
-    build.add_argument("--min-agreement", type=float, default=0.98, help="warn when INT8 agrees with FP32 less than this")
+    build.add_argument("--min-agreement", type=float, default=0.98,
+                       help="foreground agreement with FP32 on held-out calibration volumes that INT8 must reach")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--threads", type=int)
     build.add_argument("--device", default="cpu")
@@ -93,6 +102,11 @@ def make_parser() -> argparse.ArgumentParser:
     segment.add_argument("--threads", type=int)
     segment.add_argument("--device", default="cpu")
     segment.add_argument("--json", help="write timings and label volumes here")
+    segment.add_argument("--verify", type=int, default=0, metavar="N",
+                         help="after segmenting, run N windows of the scan through the FP32 reference too and report "
+                              "INT8-vs-FP32 agreement for this scan (warns below --min-agreement)")
+    segment.add_argument("--min-agreement", type=float,
+                         help="threshold of --verify (default: the engine's build threshold, 0.98)")
     segment.add_argument("--series", help="DICOM folder with several series: the Series Instance UID to segment, or 'all'")
     segment.add_argument("--max-memory-gb", type=float,
                          help="refuse volumes whose resampled grid needs more memory (default: 8 GB or 80%% of RAM)")
@@ -135,10 +149,13 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def cmd_build(args) -> int:
+    from .describe import describe_manifest
     from .pipeline import BuildRequest, build_engine
 
     request = BuildRequest(model=args.model, calib=args.calib, weights=args.weights, backend=args.backend,
-                           precision=args.precision, method=args.method, max_drop=args.max_drop, batch_size=args.batch,
+                           precision=args.precision, method=args.method, preset=args.preset,
+                           bias_correction=args.bias_correction, sampling=args.sampling, max_drop=args.max_drop,
+                           accuracy_control=args.accuracy_control, batch_size=args.batch,
                            patches_per_volume=args.patches, seed=args.seed, min_agreement=args.min_agreement,
                            keep_float=tuple(args.keep_float), threads=args.threads, device=args.device,
                            allow_random_weights=args.random_init, progress=not args.quiet)
@@ -168,9 +185,10 @@ def cmd_segment(args) -> int:
         check_not_an_input(Path(args.json), [source] if jobs is None else source_files(jobs[0][0]), "--json")
         check_writable_file(Path(args.json), "--json")
     engine, spec, manifest = open_engine(args.engine, threads=args.threads, device=args.device)
+    check = _verifier(args, engine, spec, manifest)
     if jobs is None:
-        return _segment_folder(source, target, engine, spec, args, budget)
-    records = [_segment_one(job_source, output, engine, spec, args, budget) for job_source, output in jobs]
+        return _segment_folder(source, target, engine, spec, args, budget, check)
+    records = [_segment_one(job_source, output, engine, spec, args, budget, check) for job_source, output in jobs]
     if args.json:
         _write_json(args.json, records[0] if len(records) == 1 else {"engine": str(args.engine), "results": records})
     return 0
@@ -194,22 +212,54 @@ def _file_jobs(source: Path, target: Path, series_choice: str | None):
     return [(Source(source, chosen.uid if len(series) > 1 else None), target)]
 
 
-def _segment_one(source, output: Path, engine, spec, args, budget) -> dict:
+def _verifier(args, engine, spec, manifest):
+    """``verify.verify_scan`` bound to the engine and its FP32 reference, or None without ``--verify``."""
+    if not args.verify:
+        return None
+    from functools import partial
+
+    from .pipeline import open_reference
+    from .verify import verify_scan
+
+    if args.verify < 1:
+        raise PTQError(f"--verify takes a number of windows (1 or more), not {args.verify}")
+    reference = open_reference(args.engine, manifest, args.threads)
+    threshold = args.min_agreement if args.min_agreement is not None else \
+        float((manifest.get("accuracy") or {}).get("min_agreement", 0.98))
+    return partial(verify_scan, engine=engine, reference=reference, spec=spec, windows=args.verify,
+                   min_agreement=threshold)
+
+
+def _report_verification(name: str, verification: dict | None) -> None:
+    if not verification:
+        return
+    line = (f"{name}: INT8 gives the FP32 label to {verification['foreground_agreement']:.2%} of foreground voxels in "
+            f"{verification['windows']} windows of this scan (checked in {verification['seconds']:.2f} s)")
+    if verification["passed"]:
+        print("verify: " + line)
+    else:
+        log.warning("%s: below %.0f%%: check this segmentation, or segment it with the fp32 engine", line,
+                    100 * verification["min_agreement"])
+
+
+def _segment_one(source, output: Path, engine, spec, args, budget, check) -> dict:
     from .inference import segment_file
 
-    result = segment_file(source, output, engine, spec, progress=not args.quiet, memory_budget=budget)
+    result = segment_file(source, output, engine, spec, progress=not args.quiet, memory_budget=budget, check=check)
     for warning in result.warnings:
         log.warning("%s", warning)
-    emit("result", output=str(output), latency_ms=result.timings_ms, windows=result.windows, warnings=result.warnings)
+    emit("result", output=str(output), latency_ms=result.timings_ms, windows=result.windows, warnings=result.warnings,
+         verification=result.verification)
     print(f"wrote {output}: {result.windows} windows, {result.total_ms / 1e3:.2f} s")
+    _report_verification(Path(str(output)).name, result.verification)
     if not args.quiet:
         print(timings_table(result.timings_ms))
     return {"engine": str(args.engine), "input": str(source), "output": str(output), "latency_ms": result.timings_ms,
             "total_ms": result.total_ms, "windows": result.windows, "warnings": result.warnings,
-            "label_volumes_ml": label_volumes_ml(result)}
+            "verification": result.verification, "label_volumes_ml": label_volumes_ml(result)}
 
 
-def _segment_folder(source: Path, target: Path, engine, spec, args, budget) -> int:
+def _segment_folder(source: Path, target: Path, engine, spec, args, budget, check) -> int:
     """Segment every volume under ``source`` into ``target``; skip finished outputs, go on after failures.
 
     An output folder inside the input folder is left out of the search (its label maps are not scans).
@@ -231,7 +281,7 @@ def _segment_folder(source: Path, target: Path, engine, spec, args, budget) -> i
             continue
         try:
             check_not_an_input(output, source_files(volume))
-            result = segment_file(volume, output, engine, spec, memory_budget=budget)
+            result = segment_file(volume, output, engine, spec, memory_budget=budget, check=check)
         except PTQError as exc:
             reason = without_subject(str(exc), volume.path.name)
             failed.append((name, reason))
@@ -239,9 +289,10 @@ def _segment_folder(source: Path, target: Path, engine, spec, args, budget) -> i
             continue
         for warning in result.warnings:
             log.warning("%s", warning)
+        _report_verification(name, result.verification)
         done += 1
         records.append({"input": name, "output": str(output), "latency_ms": result.timings_ms,
-                        "total_ms": result.total_ms, "warnings": result.warnings})
+                        "total_ms": result.total_ms, "warnings": result.warnings, "verification": result.verification})
     print(f"segmented {done}, skipped {skipped} already done, failed {len(failed)}")
     for name, reason in failed:
         print(f"  failed: {name}: {reason}")
@@ -274,6 +325,7 @@ def _stem(name: str) -> str:
 
 def cmd_info(args) -> int:
     from .artifact import read_manifest, verify_engine_files
+    from .describe import describe_manifest
 
     manifest = read_manifest(args.engine)
     verify_engine_files(args.engine, manifest)
@@ -317,41 +369,6 @@ def cmd_bench(args) -> int:
     if args.json:
         _write_json(args.json, figures)
     return 0
-
-
-def describe_manifest(manifest: dict) -> str:
-    """A human summary: what runs, sizes, agreement, what stayed in float."""
-    sizes = manifest["sizes"]
-    lines = [
-        f"model      {manifest['spec']['name']} ({manifest['spec']['architecture'].rsplit('.', 1)[-1]}, "
-        f"{len(manifest['spec']['labels'])} labels)",
-        f"backend    {manifest['backend']} ({manifest['backend_version']}), precision {manifest['precision']}, "
-        f"batch {manifest['batch_size']}",
-        f"size       {sizes['engine_bytes'] / 1e6:.2f} MB engine vs {sizes['fp32_onnx_bytes'] / 1e6:.2f} MB FP32 "
-        f"({sizes['engine_bytes'] / sizes['fp32_onnx_bytes']:.2f}x)",
-    ]
-    runs = manifest.get("runs_as", {}).get("convolutions_by_precision")
-    if runs:
-        lines.append("runs as    convolutions " + ", ".join(f"{n} {p}" for p, n in sorted(runs.items())))
-    layers = manifest.get("runs_as", {}).get("layers_by_precision")
-    if layers:
-        lines.append("runs as    layers " + ", ".join(f"{n} {p}" for p, n in sorted(layers.items())))
-    for note in ("int8_note", "layers_note"):  # TensorRT: what the engine has (not) confirmed about its precision
-        if manifest.get("runs_as", {}).get(note):
-            lines.append(f"note       {manifest['runs_as'][note]}")
-    calibration = manifest.get("calibration")
-    if calibration and calibration.get("method"):
-        lines.append(f"calibrated {calibration['method']} on {calibration['patches']} patches from "
-                     f"{len(calibration['sources'])} volumes (set {calibration['set_hash'][:12]})")
-    accuracy = manifest.get("accuracy")
-    if accuracy:
-        lines.append(f"agreement  {accuracy['argmax_agreement']:.4f} argmax vs FP32 on {accuracy['patches']} held-out patches, "
-                     f"logits rel. L2 {accuracy['logits_relative_l2']:.4f}" + ("" if accuracy["passed"] else "  (BELOW threshold)"))
-    if manifest.get("kept_in_float"):
-        lines.append(f"in float   {len(manifest['kept_in_float'])} ops: {', '.join(manifest['kept_in_float'][:6])}"
-                     + (" ..." if len(manifest["kept_in_float"]) > 6 else ""))
-    lines.append(f"built in   {manifest['build_seconds']:.1f} s on {manifest['machine']['cpu']}")
-    return "\n".join(lines)
 
 
 def timings_table(timings_ms: dict[str, float]) -> str:

@@ -97,7 +97,7 @@ def _demo_window(calib, spec, cache: Path) -> np.ndarray:
     request = BuildRequest(model=spec)
     calibration = build_calibration_set(calib, spec, request.patches_per_volume, seed=request.seed,
                                         cache_dir=cache / "calibration", progress=False)
-    return calibration.held_out[:1]
+    return calibration.volumes[-1].patches[:1]
 
 
 def summary(figures: dict) -> str:

@@ -38,6 +38,7 @@ class Segmentation:
     timings_ms: dict[str, float] = field(default_factory=dict)
     windows: int = 0
     warnings: list[str] = field(default_factory=list)
+    verification: dict | None = None
 
     @property
     def total_ms(self) -> float:
@@ -113,34 +114,40 @@ def predict_labels(image: torch.Tensor, engine: Engine, spec: ModelSpec, timer: 
 
 def segment_volume(volume: Volume, engine: Engine, spec: ModelSpec, timings: dict | None = None,
                    max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES, progress: bool = False, name: str = "the volume",
-                   memory_budget: int | None = None) -> Segmentation:
+                   memory_budget: int | None = None, check=None) -> Segmentation:
     """Segment an in-memory volume (what Slicer hands over) and map the labels back to its grid.
 
     The volume is checked first (``sanity.check_volume``): non-finite voxels are replaced with a warning
     (in ``Segmentation.warnings``), constant volumes and grids over ``memory_budget`` bytes are refused.
+    ``check(image, network_labels) -> dict`` (e.g. ``verify.verify_scan``) runs on the network grid after
+    inference, timed as the ``verify`` stage; its result is ``Segmentation.verification``.
     """
     timer = StageTimer(timings)
     with timer.stage("preprocess"):
         volume, warnings = check_volume(volume, spec, name, memory_budget)
         prepared = preprocess(volume, spec)
     network_labels = predict_labels(prepared.image, engine, spec, timer, max_logits_bytes, progress)
+    verification = None
+    if check is not None:
+        with timer.stage("verify"):
+            verification = check(prepared.image, network_labels)
     with timer.stage("inverse_resample"):
         labels = labels_to_input_grid(network_labels, prepared.affine, volume.shape, volume.affine)
     windows = count_windows(prepared.image.shape[1:], spec.roi_size, spec.overlap)
-    return Segmentation(Volume(labels, volume.affine.copy()), spec, timer.timings, windows, warnings)
+    return Segmentation(Volume(labels, volume.affine.copy()), spec, timer.timings, windows, warnings, verification)
 
 
 def segment_file(input_path: str | Path | Source, output_path: str | Path, engine: Engine, spec: ModelSpec,
                  max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES, progress: bool = False,
-                 memory_budget: int | None = None) -> Segmentation:
+                 memory_budget: int | None = None, check=None) -> Segmentation:
     """File (or DICOM series) in, label file out; timings include reading and writing."""
     timer = StageTimer()
     with timer.stage("read"):
         volume = read_volume(input_path)
     name = input_path.path.name if isinstance(input_path, Source) else Path(input_path).name
-    result = segment_volume(volume, engine, spec, timer.timings, max_logits_bytes, progress, name, memory_budget)
+    result = segment_volume(volume, engine, spec, timer.timings, max_logits_bytes, progress, name, memory_budget, check)
     with timer.stage("write"):
         write_volume(result.labels, output_path)
-    order = ("read", "preprocess", "inference", "argmax", "inverse_resample", "write")
+    order = ("read", "preprocess", "inference", "argmax", "verify", "inverse_resample", "write")
     result.timings_ms = {k: timer.timings[k] for k in order if k in timer.timings}
     return result

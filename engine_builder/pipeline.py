@@ -16,21 +16,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from . import __version__
-from .artifact import (ENGINE_FILES, FORMAT_VERSION, cache_key, commit_dir, copy_engine, default_cache_root,
+from .accuracy import assess
+from .artifact import (FORMAT_VERSION, REFERENCE_FILES, cache_key, commit_dir, copy_engine, default_cache_root, engine_files,
                        read_manifest, temporary_dir_for, verify_engine_files, write_manifest)
 from .backends import BuildOptions, FP32Graph, get_backend
 from .backends.base import folder_size
 from .calibration import CalibrationSet, build_calibration_set
 from .errors import PTQError
-from .evaluate import agreement_report
 from .export import export_onnx
+from .files import file_sha256
 from .models import get_spec
 from .progress import stage
+from .rewrite import subpixel_transposed_convolutions
 from .spec import ModelSpec
-from .files import file_sha256
 from .weights import load_network, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -46,7 +45,11 @@ class BuildRequest:
     backend: str = "openvino"
     precision: str = "int8"
     method: str | None = None
+    preset: str | None = None
+    bias_correction: str = "fast"
+    sampling: str = "body"
     max_drop: float | None = None
+    accuracy_control: str = "auto"
     batch_size: int = 1
     patches_per_volume: int = 8
     seed: int = 0
@@ -61,7 +64,8 @@ class BuildRequest:
         return self.model if isinstance(self.model, ModelSpec) else get_spec(self.model)
 
     def options(self) -> BuildOptions:
-        return BuildOptions(method=self.method, max_drop=self.max_drop, threads=self.threads, device=self.device,
+        return BuildOptions(method=self.method, preset=self.preset, bias_correction=self.bias_correction,
+                            max_drop=self.max_drop, threads=self.threads, device=self.device,
                             keep_float=tuple(self.keep_float), progress=self.progress)
 
 
@@ -85,8 +89,15 @@ def check_request(request: BuildRequest):
                            f"choose one of {', '.join(backend.methods)}")
         if request.calib is None:
             raise PTQError("INT8 needs a calibration folder: pass --calib FOLDER (unlabeled volumes)")
+    if request.precision == "int8" and request.preset is not None and request.preset not in getattr(backend, "presets", ()):
+        raise PTQError(f"unknown quantization preset '{request.preset}' for {backend.name}: "
+                       f"choose one of {', '.join(getattr(backend, 'presets', ())) or 'none (it has no presets)'}")
     if request.max_drop is not None and not 0 <= request.max_drop < 1:
         raise PTQError(f"--max-drop must be a fraction between 0 and 1, got {request.max_drop}")
+    if request.accuracy_control not in ("auto", "off"):
+        raise PTQError(f"--accuracy-control must be auto or off, not '{request.accuracy_control}'")
+    if not 0 < request.min_agreement <= 1:
+        raise PTQError(f"--min-agreement must be a fraction between 0 and 1, got {request.min_agreement}")
     if request.batch_size < 1:
         raise PTQError("--batch must be at least 1")
     random_init = request.allow_random_weights and request.weights is None  # speed benchmarks only
@@ -102,13 +113,18 @@ def build_engine(request: BuildRequest, out: str | Path | None = None, cache_roo
     calibration = None
     if request.precision == "int8" or request.calib is not None:
         calibration = build_calibration_set(request.calib, spec, request.patches_per_volume, seed=request.seed,
-                                            cache_dir=cache_root / "calibration", progress=request.progress)
+                                            cache_dir=cache_root / "calibration", progress=request.progress,
+                                            sampling=request.sampling)
     weights_sha256 = file_sha256(weights_path) if weights_path else None
+    quantized = request.precision == "int8"
     key = cache_key(weights=weights_sha256 or "random-init", spec=spec.fingerprint(),
-                    calibration=calibration.set_hash if calibration and request.precision == "int8" else None,
-                    method=request.method or backend.default_method, max_drop=request.max_drop, backend=backend.name,
-                    backend_version=backend.version(), precision=request.precision, batch=request.batch_size,
-                    keep_float=sorted(request.keep_float), patches=request.patches_per_volume, seed=request.seed)
+                    calibration=calibration.set_hash if calibration else None,
+                    method=request.method or backend.default_method, preset=request.preset or _default_preset(backend),
+                    bias_correction=request.bias_correction, sampling=request.sampling, max_drop=request.max_drop,
+                    accuracy_control=request.accuracy_control if quantized else None, min_agreement=request.min_agreement,
+                    backend=backend.name, backend_version=backend.version(), precision=request.precision,
+                    batch=request.batch_size, keep_float=sorted(request.keep_float), patches=request.patches_per_volume,
+                    seed=request.seed, format=FORMAT_VERSION)
     cached = cache_root / "engines" / key
     target = Path(out) if out else cached
     for candidate in (target, cached):
@@ -144,18 +160,20 @@ def _build_into(target: Path, request: BuildRequest, spec: ModelSpec, backend, n
     tmp = temporary_dir_for(target)
     try:
         with tempfile.TemporaryDirectory(prefix="ptqseg-export-") as scratch:
-            onnx_path = export_onnx(network, Path(scratch) / "fp32.onnx", spec.roi_size, spec.in_channels, request.batch_size)
-            graph = FP32Graph(spec, network, onnx_path, request.batch_size)
-            calib = calibration.calibration if calibration is not None else None
-            held_out = calibration.held_out if calibration is not None else None
+            with stage("export"):
+                graph = fp32_graph(network, spec, Path(scratch), request.batch_size)
+            options = request.options()
             with stage("quantize" if request.precision == "int8" else "compile"):
-                engine = backend.build(graph, calib, request.precision, request.options(), held_out_patches=held_out)
+                engine = backend.build(graph, calibration.patches if calibration else None, request.precision, options)
+            assessment = _assess(backend, graph, calibration, engine, request, options)
+            engine = assessment.engine
             files = engine.save(tmp)
-            if sorted(files) != sorted(ENGINE_FILES[backend.name]):
-                raise RuntimeError(f"backend {backend.name} wrote {files}, not its engine layout {ENGINE_FILES[backend.name]}")
-            fp32_bytes = onnx_path.stat().st_size
-        with stage("accuracy_check"):
-            accuracy, warnings = _accuracy_check(engine, network, calibration, spec, request)
+            if assessment.reference is not None:
+                files += assessment.reference.save_as_reference(tmp)
+            expected = engine_files(backend.name, request.precision)
+            if sorted(files) != sorted(expected):
+                raise RuntimeError(f"backend {backend.name} wrote {files}, not its engine layout {expected}")
+            fp32_bytes = graph.onnx_path.stat().st_size
         manifest = {
             "format_version": FORMAT_VERSION,
             "engine_builder_version": __version__,
@@ -173,8 +191,11 @@ def _build_into(target: Path, request: BuildRequest, spec: ModelSpec, backend, n
             "calibration": _calibration_record(calibration, request, backend),
             "kept_in_float": engine.kept_in_float(),
             "files": files,
-            "sizes": {"engine_bytes": folder_size(tmp, files), "fp32_onnx_bytes": fp32_bytes},
-            "accuracy": accuracy,
+            "sizes": {"engine_bytes": folder_size(tmp, [f for f in files if f not in REFERENCE_FILES]),
+                      "reference_bytes": folder_size(tmp, [f for f in files if f in REFERENCE_FILES]),
+                      "fp32_onnx_bytes": fp32_bytes},
+            "accuracy": assessment.accuracy,
+            "accuracy_control": assessment.accuracy_control,
             "build_seconds": round(time.perf_counter() - started, 2),
             "machine": {"cpu": cpu_name(), "system": platform.platform()},
         }
@@ -183,36 +204,61 @@ def _build_into(target: Path, request: BuildRequest, spec: ModelSpec, backend, n
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return manifest, warnings
+    return manifest, assessment.warnings
+
+
+def fp32_graph(network, spec: ModelSpec, folder: Path, batch_size: int) -> FP32Graph:
+    """The network exported to ONNX, plus its sub-pixel form when it has transposed convolutions."""
+    onnx_path = export_onnx(network, folder / "fp32.onnx", spec.roi_size, spec.in_channels, batch_size)
+    rewritten, count = subpixel_transposed_convolutions(network)
+    subpixel = None
+    if count:
+        subpixel = export_onnx(rewritten, folder / "fp32_subpixel.onnx", spec.roi_size, spec.in_channels, batch_size)
+    return FP32Graph(spec, network, onnx_path, batch_size, subpixel)
+
+
+@dataclass
+class _Assessed:
+    engine: object
+    reference: object
+    accuracy: dict | None
+    accuracy_control: dict | None
+    warnings: list[str]
+
+
+def _assess(backend, graph: FP32Graph, calibration: CalibrationSet | None, engine, request: BuildRequest, options) -> _Assessed:
+    """The held-out-volume estimate (and accuracy control) of a quantized engine; float engines need none."""
+    if request.precision == "fp32" or calibration is None:
+        return _Assessed(engine, None, None, None, [])
+    reference = get_backend("openvino").build(graph, None, "fp32", BuildOptions(threads=request.threads, progress=False))
+    runnable = getattr(engine, "stitch_device", None) is None or torch_cuda_available()
+    result = assess(backend, graph, calibration, request.precision, options, engine, reference, request.min_agreement,
+                    request.accuracy_control, request.patches_per_volume, request.seed, runnable)
+    return _Assessed(result.engine, reference if request.precision == "int8" else None, result.accuracy,
+                     result.accuracy_control, result.warnings)
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _default_preset(backend) -> str | None:
+    return getattr(backend, "default_preset", None)
 
 
 def _calibration_record(calibration: CalibrationSet | None, request: BuildRequest, backend) -> dict | None:
     if calibration is None:
         return None
-    return {"method": (request.method or backend.default_method) if request.precision == "int8" else None,
-            "set_hash": calibration.set_hash, "sources": calibration.sources,
-            "patches": int(len(calibration.calibration)), "held_out_patches": int(calibration.n_held_out),
+    quantized = request.precision == "int8"
+    return {"method": (request.method or backend.default_method) if quantized else None,
+            "preset": (request.preset or _default_preset(backend)) if quantized else None,
+            "bias_correction": request.bias_correction if quantized else None, "sampling": request.sampling,
+            "set_hash": calibration.set_hash, "sources": calibration.names,
+            "patches": int(len(calibration.patches)), "patches_per_volume": request.patches_per_volume,
             "skipped": [list(s) for s in calibration.skipped], "max_drop": request.max_drop,
-            "keep_float": list(request.keep_float), "seed": request.seed}
-
-
-def _accuracy_check(engine, network, calibration, spec: ModelSpec, request: BuildRequest) -> tuple[dict | None, list[str]]:
-    """Engine vs the torch FP32 network on held-out calibration patches."""
-    import torch
-
-    if calibration is None or calibration.n_held_out == 0:
-        return None, []
-    patches = calibration.held_out
-    with torch.inference_mode():
-        reference = np.concatenate([network(torch.from_numpy(p[None])).numpy() for p in patches])
-    logits = np.concatenate([engine.infer(patches[i : i + engine.batch_size]) for i in range(0, len(patches), engine.batch_size)])
-    report = agreement_report(reference, logits, spec.label_names, request.min_agreement)
-    warnings = []
-    if not report["passed"]:
-        warnings.append(f"{request.precision} agrees with FP32 on {report['argmax_agreement']:.3%} of held-out voxels, "
-                        f"below {request.min_agreement:.1%}: try another --method, more calibration volumes, or --max-drop 0.01")
-        log.warning(warnings[-1])
-    return report, warnings
+            "accuracy_control": request.accuracy_control, "keep_float": list(request.keep_float), "seed": request.seed}
 
 
 def open_engine(engine_dir: str | Path, threads: int | None = None, device: str = "cpu"):
@@ -229,6 +275,14 @@ def open_engine(engine_dir: str | Path, threads: int | None = None, device: str 
                     backend.version())
     engine = backend.load(Path(engine_dir), manifest, BuildOptions(threads=threads, device=device))
     return engine, ModelSpec.from_dict(manifest["spec"]), manifest
+
+
+def open_reference(engine_dir: str | Path, manifest: dict, threads: int | None = None):
+    """The FP32 reference graph a quantized engine carries (``--verify``); PTQError for an engine without one."""
+    if manifest["precision"] != "int8":
+        raise PTQError(f"--verify compares a quantized engine with its FP32 reference; {engine_dir} is a "
+                       f"{manifest['precision']} engine (nothing to compare with)")
+    return get_backend("openvino").load_reference(Path(engine_dir), manifest, BuildOptions(threads=threads))
 
 
 def cpu_name() -> str:

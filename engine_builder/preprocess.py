@@ -74,9 +74,12 @@ def background_value(intensity: Intensity) -> float:
 
 def foreground_threshold(intensity: Intensity) -> float:
     """Normalised value above which a voxel is body rather than air (-500 HU for CT windows)."""
-    if intensity.kind != "window":
-        return 0.0
-    fraction = (-500.0 - intensity.a_min) / (intensity.a_max - intensity.a_min)
+    return normalised_hu(-500.0, intensity) if intensity.kind == "window" else 0.0
+
+
+def normalised_hu(hu: float, intensity: Intensity) -> float:
+    """Where a raw value (HU for CT) lands after a window normalisation (clipped to the window)."""
+    fraction = (hu - intensity.a_min) / (intensity.a_max - intensity.a_min)
     return float(intensity.b_min + np.clip(fraction, 0.0, 1.0) * (intensity.b_max - intensity.b_min))
 
 

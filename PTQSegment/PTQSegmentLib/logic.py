@@ -40,7 +40,9 @@ PRECISIONS = ("int8", "fp32", "fp16", "bf16")
 CAPABILITIES_TIMEOUT_S = 180.0
 #: Stage names of engine_builder's progress events, as the panel says them.
 STAGE_TITLES = {"calibration": "Calibrating", "export": "Exporting", "quantize": "Quantizing (INT8)", "compile": "Compiling",
-                "accuracy_check": "Checking INT8 vs FP32", "inference": "Segmenting", "starting": "Starting"}
+                "estimate": "Checking INT8 on held-out volumes", "held-out volumes": "Checking INT8 on held-out volumes",
+                "accuracy_control": "Keeping harmful layers in float", "inference": "Segmenting",
+                "verify": "Checking this scan against FP32", "starting": "Starting"}
 _PRECISION_NAMES = {"u8": "int8", "i8": "int8", "f32": "fp32", "f16": "fp16", "bf16": "bf16", "i32": "int32"}
 
 #: ``ptqseg capabilities`` answers, per interpreter, for this session (Slicer's process); cleared after an install.
@@ -517,13 +519,10 @@ def describeRuntimePrecision(manifest: dict) -> str:
 
 
 def describeAgreement(accuracy: dict | None) -> str:
-    """The INT8-vs-FP32 agreement measured at build time, in words."""
-    if not accuracy:
-        return "not measured (no held-out calibration patch)"
-    verdict = "" if accuracy.get("passed", True) else f", BELOW the {accuracy.get('min_agreement', 0.98):.0%} threshold"
-    patches = accuracy.get("patches")
-    return (f"{accuracy['argmax_agreement']:.2%} of voxels get the same label as FP32"
-            + (f" on {patches} held-out patches" if patches else "") + verdict)
+    """The build-time INT8-vs-FP32 estimate on held-out calibration volumes, in words (or why there is none)."""
+    from engine_builder.describe import describe_accuracy
+
+    return describe_accuracy(accuracy)
 
 
 def _safeName(name: str) -> str:

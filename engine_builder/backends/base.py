@@ -21,12 +21,35 @@ from ..spec import ModelSpec
 
 @dataclass
 class FP32Graph:
-    """The FP32 network in the forms backends consume: the torch module and its ONNX export."""
+    """The FP32 network in the forms backends consume: the torch module and its ONNX export.
+
+    ``subpixel_onnx_path``: the same network with its transposed convolutions rewritten as stride-1
+    convolutions + pixel shuffle (``rewrite.py``; exact), for backends whose quantizer then runs every
+    convolution in int8; None when the network has none or no torch module exists.
+    """
 
     spec: ModelSpec
-    network: torch.nn.Module
+    network: torch.nn.Module | None
     onnx_path: Path
     batch_size: int = 1
+    subpixel_onnx_path: Path | None = None
+
+
+@dataclass
+class ValidationWindows:
+    """Windows (n, C, *roi) and the FP32 reference labels (n, *roi) an accuracy-controlled quantizer must keep.
+
+    The metric is foreground agreement (``agreement.py``): the share of voxels either labels as foreground that
+    get the FP32 label.
+    """
+
+    windows: np.ndarray
+    reference_labels: np.ndarray
+
+    def agreement(self, labels: np.ndarray) -> float:
+        foreground = (labels > 0) | (self.reference_labels > 0)
+        total = np.count_nonzero(foreground)
+        return float(np.count_nonzero(labels[foreground] == self.reference_labels[foreground]) / total) if total else 1.0
 
 
 @dataclass
@@ -35,13 +58,19 @@ class BuildOptions:
 
     Attributes:
         method: activation range estimator name (backend-specific set, see ``Backend.methods``).
-        max_drop: with INT8, keep the most harmful operations in float until the agreement drop is at most this.
+        preset: ``mixed`` (asymmetric activations) or ``performance`` (symmetric), where the backend has both.
+        bias_correction: ``fast`` (default), ``full`` or ``none``, where the backend has it.
+        validation: with INT8, keep the most harmful operations in float until the foreground agreement on these
+            windows drops by at most ``max_drop`` (accuracy control).
         threads: CPU threads for the runtime (None: all).
         device: ``cpu`` or ``cuda`` for backends that have both.
         keep_float: node names to leave unquantized.
     """
 
     method: str | None = None
+    preset: str | None = None
+    bias_correction: str = "fast"
+    validation: ValidationWindows | None = None
     max_drop: float | None = None
     threads: int | None = None
     device: str = "cpu"
@@ -70,6 +99,11 @@ class Engine(abc.ABC):
     def save(self, folder: Path) -> list[str]:
         """Write the engine's files into ``folder``; return their names."""
 
+    def infer_labels(self, batch: np.ndarray) -> np.ndarray:
+        """Argmax labels (b, *roi) uint8/uint16 of a batch."""
+        logits = self.infer(batch)
+        return logits.argmax(1).astype(np.uint8 if logits.shape[1] <= 256 else np.uint16)
+
     def runtime_report(self) -> dict[str, Any]:
         """What really runs: e.g. per-precision counts of executed layers. Empty when unknown."""
         return {}
@@ -92,8 +126,7 @@ class Backend(abc.ABC):
         """The runtime library version (part of the engine cache key)."""
 
     @abc.abstractmethod
-    def build(self, graph: FP32Graph, calibration_patches: np.ndarray | None, precision: str, options: BuildOptions,
-              held_out_patches: np.ndarray | None = None) -> Engine:
+    def build(self, graph: FP32Graph, calibration_patches: np.ndarray | None, precision: str, options: BuildOptions) -> Engine:
         """Compile (and for INT8 quantize) ``graph``."""
 
     @abc.abstractmethod

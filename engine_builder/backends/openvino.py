@@ -27,6 +27,11 @@ import openvino as ov  # noqa: E402
 log = logging.getLogger(__name__)
 MODEL_FILE = "model.xml"
 WEIGHTS_FILE = "model.bin"
+REFERENCE_FILE = "reference.xml"
+REFERENCE_WEIGHTS = "reference.bin"
+# NNCF's presets: symmetric activations (performance) or asymmetric ones (mixed); weights symmetric in both.
+PRESETS = {"mixed": "MIXED", "performance": "PERFORMANCE"}
+BIAS_CORRECTION = ("fast", "full", "none")
 
 # NNCF's activation range estimators, by the name the CLI exposes.
 METHODS = {
@@ -81,6 +86,12 @@ class OpenVINOEngine(Engine):
         ov.save_model(self.model, str(Path(folder) / MODEL_FILE), compress_to_fp16=self.precision == "int8")
         return [MODEL_FILE, WEIGHTS_FILE]
 
+    def save_as_reference(self, folder: Path) -> list[str]:
+        """Write this FP32 engine's graph as the verification reference of a quantized engine: weights stored as
+        fp16 (half the FP32 size), computed in f32."""
+        ov.save_model(self.model, str(Path(folder) / REFERENCE_FILE), compress_to_fp16=True)
+        return [REFERENCE_FILE, REFERENCE_WEIGHTS]
+
     def runtime_report(self) -> dict:
         """Executed layers per runtime precision, from the compiled model (what really runs)."""
         by_precision: Counter = Counter()
@@ -113,75 +124,91 @@ class OpenVINOBackend(Backend):
     name = "openvino"
     precisions = ("int8", "fp32", "bf16")
     methods = tuple(METHODS)
-    # Averaging per-patch extremes ignores the rare outlier patch that stretches a global min-max range:
-    # on the demo model, held-out INT8-vs-FP32 agreement 0.991 (mean_minmax) vs 0.973 (minmax), 0.954
-    # (histogram), 0.934 (percentile), same phantom calibration set.
+    presets = tuple(PRESETS)
+    # Chosen by the leave-one-volume-out study over the shared real CTs (docs/quantization.md): averaging
+    # per-patch extremes ignores the rare outlier patch that stretches a global min-max range, and asymmetric
+    # activations (mixed) fit the mostly-positive PReLU outputs of U-Nets.
     default_method = "mean_minmax"
+    default_preset = "mixed"
+    supports_accuracy_control = True
 
     def version(self) -> str:
         import nncf
 
         return f"openvino {ov.__version__.split('-')[0]}, nncf {nncf.__version__}"
 
-    def build(self, graph: FP32Graph, calibration_patches, precision: str, options: BuildOptions,
-              held_out_patches=None) -> Engine:
+    def build(self, graph: FP32Graph, calibration_patches, precision: str, options: BuildOptions) -> Engine:
         if precision not in self.precisions:
             raise PTQError(f"backend openvino builds {', '.join(self.precisions)}, not '{precision}'")
         if precision == "bf16" and not cpu_has_bf16():
             raise PTQError("this CPU has no bf16 support (AMX/AVX512-BF16): build fp32 or int8 instead")
+        # The INT8 graph takes the sub-pixel form of transposed convolutions, which NNCF and the CPU plugin run
+        # in int8; in f32 that form is slower (measured 1.24x), so float engines keep the original graph.
+        onnx_path = graph.subpixel_onnx_path if precision == "int8" and graph.subpixel_onnx_path else graph.onnx_path
         # convert_model (not read_model): its MOC passes fold the static-shape subgraphs of the ONNX export
         # (ShapeOf/Broadcast around normalisations), a 4x smaller graph that compiles faster.
-        model = ov.convert_model(str(graph.onnx_path))
+        model = ov.convert_model(str(onnx_path))
         if precision == "int8":
             if calibration_patches is None or len(calibration_patches) == 0:
                 raise PTQError("INT8 needs calibration patches: pass --calib FOLDER")
-            model = self._quantize(model, graph, calibration_patches, held_out_patches, options)
+            model = self._quantize(model, graph, calibration_patches, options)
         return OpenVINOEngine(model, precision, graph.batch_size, options.threads)
 
     def load(self, folder: Path, manifest: dict, options: BuildOptions) -> Engine:
-        try:
-            model = ov.Core().read_model(str(Path(folder) / MODEL_FILE))
-        except RuntimeError as exc:
-            raise PTQError(f"damaged engine {folder}: OpenVINO cannot read {MODEL_FILE} "
-                           f"({_first_line(exc)}): rebuild the engine with 'ptqseg build'") from None
+        model = read_engine_model(Path(folder), MODEL_FILE)
         check_graph_shapes(model, manifest, folder)
         return OpenVINOEngine(model, manifest["precision"], int(manifest["batch_size"]), options.threads)
 
-    def _quantize(self, model, graph: FP32Graph, calibration_patches, held_out_patches, options: BuildOptions):
+    def load_reference(self, folder: Path, manifest: dict, options: BuildOptions) -> Engine:
+        """The FP32 reference graph a quantized engine carries (for ``ptqseg segment --verify``)."""
+        model = read_engine_model(Path(folder), REFERENCE_FILE)
+        check_graph_shapes(model, manifest, folder)
+        return OpenVINOEngine(model, "fp32", int(manifest["batch_size"]), options.threads)
+
+    def _quantize(self, model, graph: FP32Graph, calibration_patches, options: BuildOptions):
         import nncf
         from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
         from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
         method = options.method or self.default_method
+        preset = options.preset or self.default_preset
         if method not in METHODS:
             raise PTQError(f"unknown calibration method '{method}' for openvino: choose one of {', '.join(METHODS)}")
+        if preset not in PRESETS:
+            raise PTQError(f"unknown quantization preset '{preset}' for openvino: choose one of {', '.join(PRESETS)}")
+        if options.bias_correction not in BIAS_CORRECTION:
+            raise PTQError(f"unknown bias correction '{options.bias_correction}': choose one of {', '.join(BIAS_CORRECTION)}")
         batches = _batches(calibration_patches, graph.batch_size)
         advanced = AdvancedQuantizationParameters(
-            activations_range_estimator_params=getattr(RangeEstimatorParametersSet, METHODS[method]))
-        common = dict(preset=nncf.QuantizationPreset.PERFORMANCE, target_device=nncf.TargetDevice.CPU,
-                      subset_size=len(batches), ignored_scope=_ignored(options.keep_float))
+            activations_range_estimator_params=getattr(RangeEstimatorParametersSet, METHODS[method]),
+            disable_bias_correction=options.bias_correction == "none")
+        common = dict(preset=getattr(nncf.QuantizationPreset, PRESETS[preset]), target_device=nncf.TargetDevice.CPU,
+                      subset_size=len(batches), fast_bias_correction=options.bias_correction != "full",
+                      ignored_scope=_ignored(options.keep_float))
         with _nncf_progress(options.progress):
-            return self._run_quantizer(model, graph, batches, held_out_patches, options, advanced, common)
+            if options.validation is None:
+                return nncf.quantize(model, nncf.Dataset(batches), advanced_parameters=advanced, **common)
+            validation = options.validation
+            items = list(zip(_batches(validation.windows, graph.batch_size),
+                             _batches(validation.reference_labels, graph.batch_size)))
 
-    def _run_quantizer(self, model, graph, batches, held_out_patches, options, advanced, common):
-        import nncf
+            def agreement(compiled_model, data) -> float:
+                """Foreground agreement with the FP32 labels over the validation windows."""
+                labels = [compiled_model(window)[0].argmax(1) for window, _ in data]
+                return validation.agreement(np.concatenate(labels)[: len(validation.windows)])
 
-        if options.max_drop is None:
-            return nncf.quantize(model, nncf.Dataset(batches), advanced_parameters=advanced, **common)
-        if held_out_patches is None or len(held_out_patches) == 0:
-            raise PTQError("--max-drop needs held-out calibration patches: use a calibration folder with more volumes or patches")
-        reference = OpenVINOEngine(model, "fp32", graph.batch_size, options.threads)
-        validation = [(b, reference.infer(b).argmax(1)) for b in _batches(held_out_patches, graph.batch_size)]
+            return nncf.quantize_with_accuracy_control(
+                model, nncf.Dataset(batches), nncf.Dataset(items, lambda item: item[0]), agreement,
+                max_drop=float(options.max_drop if options.max_drop is not None else 0.01),
+                drop_type=nncf.DropType.ABSOLUTE, advanced_quantization_parameters=advanced, **common)
 
-        def agreement(compiled_model, items) -> float:
-            """Label-free metric: share of voxels whose argmax equals the FP32 argmax."""
-            scores = [float((compiled_model(batch)[0].argmax(1) == labels).mean()) for batch, labels in items]
-            return float(np.mean(scores))
 
-        return nncf.quantize_with_accuracy_control(
-            model, nncf.Dataset(batches), nncf.Dataset(validation, lambda item: item[0]), agreement,
-            max_drop=float(options.max_drop), drop_type=nncf.DropType.ABSOLUTE,
-            advanced_quantization_parameters=advanced, **common)
+def read_engine_model(folder: Path, name: str):
+    try:
+        return ov.Core().read_model(str(folder / name))
+    except RuntimeError as exc:
+        raise PTQError(f"damaged engine {folder}: OpenVINO cannot read {name} "
+                       f"({_first_line(exc)}): rebuild the engine with 'ptqseg build'") from None
 
 
 @contextmanager

@@ -315,8 +315,7 @@ class TensorRTBackend(Backend):
         trt = self.library.load()
         return f"{self.library.module} {trt.__version__}, modelopt {modelopt_qdq.modelopt_version() or 'absent'}"
 
-    def build(self, graph: FP32Graph, calibration_patches, precision: str, options: BuildOptions,
-              held_out_patches=None) -> Engine:
+    def build(self, graph: FP32Graph, calibration_patches, precision: str, options: BuildOptions) -> Engine:
         """Quantize (ModelOpt), build and return the engine.
 
         ``options.extra``: ``build_only`` (no GPU needed; the engine saves but cannot run), ``cuda_graph``,

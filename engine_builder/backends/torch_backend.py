@@ -91,7 +91,7 @@ class TorchBackend(Backend):
     def version(self) -> str:
         return f"torch {torch.__version__}"
 
-    def build(self, graph: FP32Graph, calibration_patches, precision: str, options: BuildOptions, held_out_patches=None) -> Engine:
+    def build(self, graph: FP32Graph, calibration_patches, precision: str, options: BuildOptions) -> Engine:
         self._check(precision, options.device)
         return TorchEngine(graph.network, precision, graph.batch_size, options.device)
 
