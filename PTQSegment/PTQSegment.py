@@ -465,7 +465,7 @@ class PTQSegmentTest(ScriptedLoadableModuleTest):
         self.assertTrue(parameters.enginePath, widget.ui.statusLabel.text)
         self.assertEqual(widget.ui.statusLabel.text, parameters.statusText)
         self.assertIn("int8", widget.ui.runsAsLabel.text)
-        self.assertIn("same label as FP32", widget.ui.agreementLabel.text)
+        self.assertIn("get the FP32 label", widget.ui.agreementLabel.text)
 
         self.delayDisplay("Segmenting")
         widget.ui.segmentButton.click()

@@ -55,15 +55,20 @@ def test_recursive_search_finds_files_and_dicom_series(mixed_folder):
 def test_non_images_are_skipped_with_a_warning(mixed_folder, caplog):
     with caplog.at_level(logging.WARNING, logger="engine_builder.calibration"):
         result = build_calibration_set(mixed_folder, SMALL, patches_per_volume=3, progress=False)
-    assert sorted(result.sources) == ["a.nii.gz", "sub/deeper/b.nrrd", "sub/series"]
+    assert sorted(result.names) == ["a.nii.gz", "sub/deeper/b.nrrd", "sub/series"]
     assert result.patches.shape == (9, 1, 32, 32, 32)
     assert result.patches.dtype == np.float32
     assert 0.0 <= result.patches.min() and result.patches.max() <= 1.0
     warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert "README.txt" in warned and "notes.json" in warned
     assert {name for name, _ in result.skipped} == {"README.txt", "sub/notes.json"}
-    # Held-out patches come from several volumes (interleaved), and both parts are non-empty.
-    assert result.n_held_out == 2 and len(result.calibration) == 7
+    # Patches stay grouped by volume (the estimate holds whole volumes out); the set interleaves them.
+    assert [len(v.patches) for v in result.volumes] == [3, 3, 3]
+    np.testing.assert_array_equal(result.patches[0], result.volumes[0].patches[0])
+    np.testing.assert_array_equal(result.patches[1], result.volumes[1].patches[0])
+    rest = result.patches_of(["a.nii.gz", "sub/series"])
+    assert rest.shape == (6, 1, 32, 32, 32)
+    np.testing.assert_array_equal(rest[1], result.volumes[2].patches[0])
 
 
 def test_truncated_nifti_is_reported_by_name_and_skipped(tmp_path, caplog):
@@ -74,7 +79,7 @@ def test_truncated_nifti_is_reported_by_name_and_skipped(tmp_path, caplog):
     (folder / "truncated.nii.gz").write_bytes(data[: len(data) * 2 // 3])
     with caplog.at_level(logging.WARNING, logger="engine_builder.calibration"):
         result = build_calibration_set(folder, SMALL, patches_per_volume=2, progress=False)
-    assert result.sources == ["good.nii.gz"]
+    assert result.names == ["good.nii.gz"]
     assert len(result.patches) == 2
     assert [name for name, _ in result.skipped] == ["truncated.nii.gz"]
     assert any("truncated.nii.gz" in r.getMessage() for r in caplog.records)
@@ -161,8 +166,8 @@ def test_cache_file_is_reused_without_reading(tmp_path, calib_dir, monkeypatch):
     monkeypatch.setattr(calibration, "read_volume", no_reading)
     second = build_calibration_set(calib_dir, SMALL, patches_per_volume=2, cache_dir=cache, progress=False)
     np.testing.assert_array_equal(second.patches, first.patches)
-    assert second.set_hash == first.set_hash and second.sources == first.sources
-    assert second.n_held_out == first.n_held_out
+    assert second.set_hash == first.set_hash and second.names == first.names
+    assert [v.source for v in second.volumes] == [v.source for v in first.volumes]
     # Another patch count is another cache entry, which needs reading: the stub proves it is not reused.
     with pytest.raises(AssertionError, match="cached"):
         build_calibration_set(calib_dir, SMALL, patches_per_volume=3, cache_dir=cache, progress=False)
@@ -175,3 +180,24 @@ def test_volume_smaller_than_roi_calibrates(tmp_path):
     result = build_calibration_set(tmp_path, DEMO, patches_per_volume=2, progress=False)
     assert result.patches.shape == (2, 1, 96, 96, 96)
     assert np.isclose(result.patches[0].sum(), 20 * 20 * 10 * 0.52, rtol=1e-4)
+
+
+@pytest.mark.parametrize("rule, expected", [("tissue", {"tissue": 0.7}), ("body", {"body": 0.7}), ("fov", {"air": 0.3})])
+def test_sampling_rules_centre_patches_where_they_say(rule, expected):
+    """Half air, a quarter soft tissue, a quarter bone: where do patch centres land?"""
+    from engine_builder.calibration import sample_volume
+    from engine_builder.preprocess import normalised_hu
+
+    values = {name: normalised_hu(hu, SMALL.intensity) for name, hu in (("air", -1000.0), ("tissue", 40.0), ("bone", 700.0))}
+    image = np.full((1, 128, 128, 128), values["air"], np.float32)
+    image[0, 64:96] = values["tissue"]
+    image[0, 96:] = values["bone"]
+    patches = sample_volume(image, SMALL, 200, np.random.default_rng(0), rule)
+    half = np.array(SMALL.roi_size) // 2
+    centres = patches[:, 0, half[0], half[1], half[2]]
+    share = {name: float(np.isclose(centres, value).mean()) for name, value in values.items()}
+    share["body"] = share["tissue"] + share["bone"]
+    for name, at_least in expected.items():
+        assert share[name] >= at_least, share
+    if rule == "tissue":
+        assert share["bone"] < 0.2, share

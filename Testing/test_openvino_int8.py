@@ -20,7 +20,7 @@ import openvino as ov
 import pytest
 
 from conftest import shared_data
-from engine_builder.evaluate import dice_per_label
+from engine_builder.agreement import compare_labels, min_voxels
 from engine_builder.inference import segment_volume
 from engine_builder.io import Volume, read_volume
 from engine_builder.phantom import make_phantom
@@ -69,7 +69,8 @@ def test_int8_runs_int8_convolutions(int8_engine, fp32_engine):
 
 
 def test_int8_engine_is_at_most_030_of_fp32(int8_build, fp32_build):
-    int8_bytes = sum(f.stat().st_size for f in int8_build.engine_dir.iterdir() if f.name != "manifest.json")
+    int8_bytes = sum(f.stat().st_size for f in int8_build.engine_dir.iterdir()
+                     if f.name != "manifest.json" and not f.name.startswith("reference."))  # the --verify reference
     fp32_bytes = sum(f.stat().st_size for f in fp32_build.engine_dir.iterdir() if f.name != "manifest.json")
     assert int8_build.manifest["sizes"]["engine_bytes"] == int8_bytes
     assert fp32_build.manifest["sizes"]["engine_bytes"] == fp32_bytes
@@ -91,7 +92,9 @@ def test_int8_window_is_faster_than_fp32(int8_engine, fp32_engine):
     assert best_of(int8_engine[0]) < best_of(fp32_engine[0])
 
 
-def _compare(volume: Volume, int8_engine, fp32_engine, min_agreement=0.98):
+def _compare(volume: Volume, int8_engine, fp32_engine, min_foreground: float, min_dice: float) -> dict:
+    """Whole-volume INT8 vs FP32 label maps: foreground agreement, and the Dice of every label of at least 1 mL
+    (kidneys and stomach included), with the figures printed for the log."""
     engine8, spec, manifest8 = int8_engine
     engine32, _, manifest32 = fp32_engine
     assert manifest8["weights"] == manifest32["weights"], "the two engines were built from different weight files"
@@ -100,27 +103,25 @@ def _compare(volume: Volume, int8_engine, fp32_engine, min_agreement=0.98):
     for seg in (seg8, seg32):
         assert seg.labels.shape == volume.shape
         np.testing.assert_array_equal(seg.labels.affine, volume.affine)
-    a, b = seg8.labels.array, seg32.labels.array
-    agreement = float((a == b).mean())
-    assert agreement >= min_agreement, f"INT8 vs FP32 argmax agreement {agreement:.4f}"
-    foreground = b > 0
-    assert foreground.mean() > 0.01, "the FP32 engine finds no organ: are the shipped weights trained?"
-    fg_agreement = float((a[foreground] == b[foreground]).mean())
-    assert fg_agreement >= 0.9, f"agreement on FP32 foreground {fg_agreement:.4f}"
-    dice = dice_per_label(b, a, spec.label_names)
-    counts = np.bincount(b.ravel(), minlength=len(spec.labels))
-    for value, name in enumerate(spec.label_names[1:], 1):
-        if counts[value] >= 2000:  # labels with enough voxels for a stable Dice
-            assert dice[name] >= 0.85, f"{name}: Dice INT8 vs FP32 {dice[name]:.3f}"
-    return agreement, dice
+    reference = seg32.labels.array
+    assert (reference > 0).mean() > 0.01, "the FP32 engine finds no organ: are the shipped weights trained?"
+    figures = compare_labels(reference, seg8.labels.array, spec.label_names, min_voxels(volume.spacing_mm))
+    print({name: round(entry["dice"], 3) for name, entry in figures["dice"].items()}, figures["foreground_agreement"])
+    assert figures["foreground_agreement"] >= min_foreground, figures
+    counted = {name: entry for name, entry in figures["dice"].items() if entry["fp32_voxels"] >= min_voxels(volume.spacing_mm)}
+    assert len(counted) >= 3, f"too few labels of 1 mL or more to judge: {figures['dice']}"
+    for name, entry in counted.items():
+        assert entry["dice"] >= min_dice, f"{name} ({entry['fp32_voxels']} voxels): Dice INT8 vs FP32 {entry['dice']:.3f}"
+    return figures
 
 
 @pytest.mark.parametrize("seed", [0, 7])
 def test_int8_agrees_with_fp32_on_phantom(seed, int8_engine, fp32_engine):
     hu, _, affine = make_phantom(seed)
-    _compare(Volume(hu, affine), int8_engine, fp32_engine)
+    _compare(Volume(hu, affine), int8_engine, fp32_engine, min_foreground=0.97, min_dice=0.85)
 
 
 def test_int8_agrees_with_fp32_on_real_ct(int8_engine, fp32_engine):
+    """A real CT the calibration (phantoms) never saw; it is a training volume of the demo model."""
     volume = read_volume(shared_data("totalsegmentator/example_ct.nii.gz"))
-    _compare(volume, int8_engine, fp32_engine)
+    _compare(volume, int8_engine, fp32_engine, min_foreground=0.95, min_dice=0.85)

@@ -105,7 +105,7 @@ def validation_windows(calibration: CalibrationSet, references: ReferenceLabels,
     rng = np.random.default_rng(seed + VALIDATION_SEED_OFFSET)
     windows = np.concatenate([sample_volume(references.image(v.name).numpy(), references.spec, per_volume, rng)
                               for v in calibration.volumes])
-    return ValidationWindows(windows, _labels(references.reference, windows))
+    return ValidationWindows(windows, _labels(references.reference, windows), references.spec.overlap)
 
 
 def _labels(engine: Engine, windows: np.ndarray) -> np.ndarray:

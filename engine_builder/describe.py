@@ -23,6 +23,18 @@ def describe_accuracy(accuracy: dict | None) -> str:
     return text
 
 
+def describe_verification(verification: dict | None) -> str:
+    """The per-scan check (``segment --verify``) in one line; "" when there was none."""
+    if not verification:
+        return ""
+    text = (f"This scan: INT8 gives the FP32 label to {verification['foreground_agreement']:.1%} of foreground voxels "
+            f"in {verification['windows']} checked windows ({verification['seconds']:.1f} s)")
+    if not verification.get("passed", True):
+        text += (f": BELOW {verification.get('min_agreement', 0.98):.0%}; review this segmentation, "
+                 "or segment the scan with the fp32 engine")
+    return text
+
+
 def describe_accuracy_control(control: dict) -> str:
     """What accuracy control kept in float and what it cost."""
     before = control.get("estimate_before") or {}

@@ -28,6 +28,7 @@ def export_onnx(network: torch.nn.Module, path: str | os.PathLike, roi_size, in_
         # its deprecation notice and MONAI's instance-norm training-mode notice are expected.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # static shapes are what we export
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")  # slices of the sub-pixel form
         warnings.filterwarnings("ignore", message=".*instance_norm.*")
         torch.onnx.export(network, example, str(path), opset_version=OPSET, input_names=[INPUT_NAME],
                           output_names=[OUTPUT_NAME], dynamo=False, do_constant_folding=True)

@@ -569,6 +569,8 @@ def main(argv=None) -> int:
     p.add_argument("--teacher-spacing", type=float, default=3.0, help="spacing (mm) the teacher runs at")
     p.add_argument("--teacher-volumes", nargs="*", default=[], choices=sorted(REAL),
                    help="real volumes pseudo-labelled by the teacher; training adds <name>_teacher.npz from --cache")
+    p.add_argument("--quant-noise", action="store_true",
+                   help="simulate 8-bit rounding in every convolution while fine-tuning (scripts/quant_noise.py)")
     p.add_argument("--out", type=Path, default=REPO / "engine_builder/models/weights/demo_unet.pt")
     p.add_argument("--report", type=Path, default=REPO / "docs/models/demo_training.json")
     p.add_argument("--fig-dir", type=Path, default=REPO / "docs/models")
@@ -633,6 +635,12 @@ def main(argv=None) -> int:
         multiprocessing_context="fork" if args.workers else None,
         worker_init_fn=lambda _: torch.set_num_threads(1),
     )
+    noise = None
+    if args.quant_noise:
+        from quant_noise import add_quantization_noise
+
+        noise = add_quantization_noise(net)
+        print(f"simulating 8-bit rounding in {len(noise)} convolutions")
     net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -669,6 +677,10 @@ def main(argv=None) -> int:
             print(f"step {step} loss {m:.4f} lr {lr:.2e} {el:.0f}s ({step / el:.2f} it/s)", flush=True)
     t_done = time.time()
     net.eval()
+    if noise is not None:
+        from quant_noise import remove_quantization_noise
+
+        remove_quantization_noise(net, noise)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, args.out)
     print(f"saved {args.out}")
@@ -687,6 +699,7 @@ def main(argv=None) -> int:
         "train_teacher_labelled_volumes": list(args.teacher_volumes),
         "seed": args.seed,
         "fov_prob": args.fov_prob,
+        "quant_noise": bool(args.quant_noise),
         "init": str(args.init) if args.init is not None else None,
         "device": device if not device.startswith("cuda") else f"{device} ({torch.cuda.get_device_name()})",
         "torch": torch.__version__,

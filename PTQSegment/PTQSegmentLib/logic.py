@@ -43,6 +43,8 @@ STAGE_TITLES = {"calibration": "Calibrating", "export": "Exporting", "quantize":
                 "estimate": "Checking INT8 on held-out volumes", "held-out volumes": "Checking INT8 on held-out volumes",
                 "accuracy_control": "Keeping harmful layers in float", "inference": "Segmenting",
                 "verify": "Checking this scan against FP32", "starting": "Starting"}
+#: Windows of each scan the panel checks against the FP32 reference (``ptqseg segment --verify``).
+DEFAULT_VERIFY_WINDOWS = 4
 _PRECISION_NAMES = {"u8": "int8", "i8": "int8", "f32": "fp32", "f16": "fp16", "bf16": "bf16", "i32": "int32"}
 
 #: ``ptqseg capabilities`` answers, per interpreter, for this session (Slicer's process); cleared after an install.
@@ -65,6 +67,7 @@ class Job:
         outputPath: the label file a segment job writes.
         volumeNode, engine: what a segment job segments, and with which engine.
         timings: milliseconds per stage spent on the Slicer side so far.
+        verification: a finished segment job's per-scan check (``ptqseg segment --verify``), None without one.
     """
 
     kind: str
@@ -74,6 +77,7 @@ class Job:
     volumeNode: object = None
     engine: EngineRecord | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    verification: dict | None = None
 
     def poll(self) -> list[dict]:
         return self.process.poll()
@@ -373,8 +377,11 @@ class PTQSegmentLogic:
         segment`` child process, waiting for it. Returns what ``finishSegment`` returns."""
         return self.finishSegment(self._waitFor(self.startSegment(volumeNode, engine)), segmentationNode)
 
-    def startSegment(self, volumeNode, engine) -> Job:
-        """Start ``ptqseg segment`` on ``volumeNode`` in a child process; ``finishSegment(job)`` makes the node."""
+    def startSegment(self, volumeNode, engine, verifyWindows: int = DEFAULT_VERIFY_WINDOWS) -> Job:
+        """Start ``ptqseg segment`` on ``volumeNode`` in a child process; ``finishSegment(job)`` makes the node.
+
+        ``verifyWindows``: for a quantized engine, also run that many windows of this scan through the engine's FP32
+        reference and report the agreement (``job.verification``); 0: no check."""
         from engine_builder.io import write_volume
 
         from .nodes import volumeFromNode
@@ -388,6 +395,8 @@ class PTQSegmentLogic:
                 write_volume(volumeFromNode(volumeNode), workDir / "input.nrrd", compress=False)
             arguments = ["segment", "--engine", str(record.path), "--input", str(workDir / "input.nrrd"),
                          "--output", str(workDir / "labels.nrrd"), "--device", deviceFor(record.backend, record.precision)]
+            if verifyWindows > 0 and record.precision == "int8":
+                arguments += ["--verify", str(int(verifyWindows))]
             process = PtqsegProcess(arguments, python=self.python).start()
         except BaseException:
             shutil.rmtree(workDir, ignore_errors=True)
@@ -410,6 +419,7 @@ class PTQSegmentLogic:
             if job.volumeNode.GetScene() is not self.scene:
                 raise InputError(f"{job.volumeNode.GetName()} is no longer in the scene: nothing was added.")
             timings = {**job.timings, **((job.process.result or {}).get("latency_ms") or {})}
+            job.verification = (job.process.result or {}).get("verification")
             with StageTimer(timings).stage("create_segments"):
                 labels = read_volume(job.outputPath)
                 spec = ModelSpec.from_dict(job.engine.manifest["spec"])

