@@ -103,7 +103,7 @@ def _controlled(backend, graph, calibration, precision, options, engine, referen
 def validation_windows(calibration: CalibrationSet, references: ReferenceLabels, per_volume: int, seed: int) -> ValidationWindows:
     """Windows of every calibration volume apart from its calibration patches, with the FP32 labels."""
     rng = np.random.default_rng(seed + VALIDATION_SEED_OFFSET)
-    windows = np.concatenate([sample_volume(references.image(v.name).numpy(), references.spec, per_volume, rng)
+    windows = np.concatenate([sample_volume(references.image(v.name), references.spec, per_volume, rng)
                               for v in calibration.volumes])
     return ValidationWindows(windows, _labels(references.reference, windows), references.spec.overlap)
 

@@ -137,7 +137,7 @@ def build_calibration_set(folder: str | os.PathLike, spec: ModelSpec, patches_pe
             log.warning("calibration: skipped %s (%s)", name, reason)
             skipped.append((name, reason))
             continue
-        patches = sample_volume(preprocess(volume, spec).image.numpy(), spec, patches_per_volume, rng, sampling)
+        patches = sample_volume(preprocess(volume, spec).image, spec, patches_per_volume, rng, sampling)
         volumes.append(CalibrationVolume(name, source, patches))
     if not volumes:
         bad = "; ".join(f"{name}: {reason}" for name, reason in skipped if reason != "not an image")

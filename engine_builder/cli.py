@@ -167,8 +167,8 @@ def cmd_build(args) -> int:
 
 
 def cmd_segment(args) -> int:
+    from .engines import open_engine
     from .outputs import check_label_file, check_not_an_input, check_output_folder, check_writable_file
-    from .pipeline import open_engine
     from .sources import source_files
 
     source, target = Path(args.input), Path(args.output)
@@ -218,7 +218,7 @@ def _verifier(args, engine, spec, manifest):
         return None
     from functools import partial
 
-    from .pipeline import open_reference
+    from .engines import open_reference
     from .verify import verify_scan
 
     if args.verify < 1:

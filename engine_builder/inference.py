@@ -1,28 +1,28 @@
 """Whole-volume inference: preprocess -> sliding window over an engine -> argmax -> back to the input grid.
 
-Every stage is timed (milliseconds) and returned with the label map. Two choices keep the stages
-around the network cheap once it is INT8:
-- argmax is a running maximum over channels (one pass per class, uint8/uint16 labels), several times
-  faster than ``torch.argmax`` over a class-first float volume;
-- the logits volume (classes x network grid, float32) is bounded: above ``max_logits_bytes`` the grid is
-  cut into slabs along its last axis, each inferred with MONAI's ``sliding_window_inference`` with a margin
-  of half a window on each inner side and only its core kept, so memory grows with the slab, not the volume.
+Every stage is timed (milliseconds) and returned with the label map. Two paths, one result:
+
+- engines that run on the CPU and speak numpy (OpenVINO) go through ``sliding_window.segment_image``: MONAI's
+  windows and Gaussian blending in numpy, streamed along the first axis (the logits buffer holds about one
+  window's depth of planes), argmax as planes complete; no torch, no MONAI in the process;
+- engines that return logits on a GPU (TensorRT, torch CUDA) go through MONAI's ``sliding_window_inference``
+  on the device, argmax as a running maximum there, and a logits volume bounded by ``max_logits_bytes``
+  (above it the grid is cut into slabs along its last axis, each with a margin of half a window).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .backends.base import Engine
 from .io import Source, Volume, read_volume, write_volume
-from .progress import Counter
 from .preprocess import background_value, labels_to_input_grid, preprocess
+from .progress import Counter
 from .sanity import check_volume
+from .sliding_window import count_windows, segment_image
 from .spec import ModelSpec
 from .timing import StageTimer
 
@@ -53,32 +53,39 @@ def label_dtype(n_labels: int) -> np.dtype:
     raise ValueError(f"{n_labels} labels do not fit in 32 bits")
 
 
-def running_argmax(logits: torch.Tensor, dtype: np.dtype) -> np.ndarray:
-    """argmax over dim 0 of (C, ...) logits as a running maximum; ties go to the lower label like argmax."""
-    best = logits[0].clone()
-    labels = torch.zeros(logits.shape[1:], dtype=torch.int32 if dtype != np.uint8 else torch.uint8, device=logits.device)
-    for channel in range(1, logits.shape[0]):
-        better = logits[channel] > best
-        torch.maximum(best, logits[channel], out=best)
-        labels.masked_fill_(better, channel)
-    return labels.cpu().numpy().astype(dtype, copy=False)
-
-
-def count_windows(shape, roi, overlap: float) -> int:
-    """Number of sliding windows MONAI visits for a grid of ``shape``."""
-    total = 1
-    for size, window in zip(shape, roi):
-        size = max(size, window)
-        step = max(int(window * (1 - overlap)), 1)
-        total *= max(math.ceil((size - window) / step), 0) + 1
-    return total
-
-
-def predict_labels(image: torch.Tensor, engine: Engine, spec: ModelSpec, timer: StageTimer,
+def predict_labels(image, engine: Engine, spec: ModelSpec, timer: StageTimer,
                    max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES, progress: bool = False) -> np.ndarray:
-    """Labels on the network grid for a preprocessed (C, X, Y, Z) image."""
+    """Labels on the network grid for a preprocessed (C, X, Y, Z) image (numpy; a torch tensor is accepted)."""
+    if engine.stitch_device is not None:
+        return _predict_on_device(image, engine, spec, timer, max_logits_bytes, progress)
+    image = np.ascontiguousarray(image.cpu().numpy() if hasattr(image, "cpu") else image, dtype=np.float32)
+    n_classes = len(spec.labels)
+    counter = Counter("inference", count_windows(image.shape[1:], spec.roi_size, spec.overlap), enabled=progress)
+    # The streaming buffer holds classes x (window + step) planes of Y x Z floats; above the budget the grid
+    # is cut into slabs along its last axis, each with a margin of half a window (as the device path does).
+    in_flight = n_classes * 2 * spec.roi_size[0] * image.shape[2] * 4
+    depth, margin = image.shape[3], spec.roi_size[2] // 2
+    core = depth if in_flight * depth <= max_logits_bytes else \
+        max(spec.roi_size[2], max_logits_bytes // in_flight - 2 * margin)
+    labels = np.empty(image.shape[1:], dtype=label_dtype(n_classes))
+    with timer.stage("inference"):
+        for start in range(0, depth, core):
+            stop = min(start + core, depth)
+            lo, hi = (max(start - margin, 0), min(stop + margin, depth)) if core < depth else (0, depth)
+            slab = segment_image(np.ascontiguousarray(image[..., lo:hi]), engine.infer, spec.roi_size, spec.overlap,
+                                 n_classes, engine.batch_size, background_value(spec.intensity), labels.dtype, counter)
+            labels[..., start:stop] = slab[..., start - lo : stop - lo]
+    counter.close()
+    return labels
+
+
+def _predict_on_device(image, engine: Engine, spec: ModelSpec, timer: StageTimer, max_logits_bytes: int,
+                       progress: bool) -> np.ndarray:
+    """MONAI's sliding window with stitching on the engine's device (GPU engines)."""
+    import torch
     from monai.inferers import sliding_window_inference
 
+    image = torch.as_tensor(image)
     n_classes = len(spec.labels)
     dtype = label_dtype(n_classes)
     depth = image.shape[-1]
@@ -88,14 +95,12 @@ def predict_labels(image: torch.Tensor, engine: Engine, spec: ModelSpec, timer: 
     labels = np.empty(image.shape[1:], dtype=dtype)
     counter = Counter("inference", count_windows(image.shape[1:], spec.roi_size, spec.overlap), enabled=progress)
 
-    def predictor(batch: torch.Tensor) -> torch.Tensor:
+    def predictor(batch):
         counter.step(len(batch))
         return engine.infer_torch(batch)
 
-    # GPU engines return logits on the GPU: the image goes there once and windows are stitched there.
     device = engine.stitch_device
-    if device is not None:
-        image = image.to(device)
+    image = image.to(device)
     for start in range(0, depth, core):
         stop = min(start + core, depth)
         lo, hi = (max(start - margin, 0), min(stop + margin, depth)) if core < depth else (0, depth)
@@ -110,6 +115,19 @@ def predict_labels(image: torch.Tensor, engine: Engine, spec: ModelSpec, timer: 
         del logits
     counter.close()
     return labels
+
+
+def running_argmax(logits, dtype: np.dtype) -> np.ndarray:
+    """argmax over dim 0 of (C, ...) torch logits as a running maximum; ties go to the lower label like argmax."""
+    import torch
+
+    best = logits[0].clone()
+    labels = torch.zeros(logits.shape[1:], dtype=torch.int32 if dtype != np.uint8 else torch.uint8, device=logits.device)
+    for channel in range(1, logits.shape[0]):
+        better = logits[channel] > best
+        torch.maximum(best, logits[channel], out=best)
+        labels.masked_fill_(better, channel)
+    return labels.cpu().numpy().astype(dtype, copy=False)
 
 
 def segment_volume(volume: Volume, engine: Engine, spec: ModelSpec, timings: dict | None = None,

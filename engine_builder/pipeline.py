@@ -24,6 +24,7 @@ from .backends import BuildOptions, FP32Graph, get_backend
 from .backends.base import folder_size
 from .calibration import CalibrationSet, build_calibration_set
 from .errors import PTQError
+from .engines import open_engine, open_reference  # noqa: F401  (the public entry points live there)
 from .export import export_onnx
 from .files import file_sha256
 from .models import get_spec
@@ -259,30 +260,6 @@ def _calibration_record(calibration: CalibrationSet | None, request: BuildReques
             "patches": int(len(calibration.patches)), "patches_per_volume": request.patches_per_volume,
             "skipped": [list(s) for s in calibration.skipped], "max_drop": request.max_drop,
             "accuracy_control": request.accuracy_control, "keep_float": list(request.keep_float), "seed": request.seed}
-
-
-def open_engine(engine_dir: str | Path, threads: int | None = None, device: str = "cpu"):
-    """Load a built engine: returns (engine, spec, manifest).
-
-    The manifest is checked field by field and every engine file against its build-time SHA-256 before any
-    runtime reads it (an engine directory is data from whoever shared it).
-    """
-    manifest = read_manifest(engine_dir)
-    verify_engine_files(engine_dir, manifest)
-    backend = get_backend(manifest["backend"])
-    if manifest.get("backend_version") != backend.version():
-        log.warning("engine %s was built with %s; this machine has %s", engine_dir, manifest.get("backend_version"),
-                    backend.version())
-    engine = backend.load(Path(engine_dir), manifest, BuildOptions(threads=threads, device=device))
-    return engine, ModelSpec.from_dict(manifest["spec"]), manifest
-
-
-def open_reference(engine_dir: str | Path, manifest: dict, threads: int | None = None):
-    """The FP32 reference graph a quantized engine carries (``--verify``); PTQError for an engine without one."""
-    if manifest["precision"] != "int8":
-        raise PTQError(f"--verify compares a quantized engine with its FP32 reference; {engine_dir} is a "
-                       f"{manifest['precision']} engine (nothing to compare with)")
-    return get_backend("openvino").load_reference(Path(engine_dir), manifest, BuildOptions(threads=threads))
 
 
 def cpu_name() -> str:

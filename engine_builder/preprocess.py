@@ -1,11 +1,14 @@
-"""Spec -> MONAI preprocessing, and its exact inverse for the predicted label map.
+"""Spec -> preprocessing (MONAI's, or its numpy equal), and its exact inverse for the predicted label map.
 
-Forward (MONAI transforms): reorient to the spec's axis codes, resample to the spec's spacing
-(bilinear), normalise intensities. Inverse: every voxel of the *input* grid takes the label of the
-nearest voxel of the network grid. The result therefore has exactly the input's shape and affine by
-construction, with no second resampling of the image. When the two grids differ only by axis
-permutation, flips and scaling (every reorient + respacing does), the nearest-voxel map is separable
-and costs one fancy index; an oblique pair of grids falls back to a slab-wise general mapping.
+Forward: reorient to the spec's axis codes, resample to the spec's spacing (linear), normalise intensities.
+Axis-aligned scans (all that are not oblique) take the numpy path of ``resample.py`` + the normalisation
+below, which computes what MONAI's ``Orientation``, ``Zoom`` and ``ScaleIntensityRange`` /
+``NormalizeIntensity(nonzero=True)`` compute (tested against them on real CTs) without importing torch or MONAI;
+oblique ones go through MONAI (``Spacing``'s grid sampling). Inverse: every voxel of the *input* grid takes the
+label of the nearest voxel of the network grid. The result therefore has exactly the input's shape and affine
+by construction, with no second resampling of the image. When the two grids differ only by axis permutation,
+flips and scaling (every reorient + respacing does), the nearest-voxel map is separable and costs one fancy
+index; an oblique pair of grids falls back to a slab-wise general mapping.
 """
 
 from __future__ import annotations
@@ -14,57 +17,76 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from monai.data import MetaTensor
-from monai.transforms import NormalizeIntensity, Orientation, ScaleIntensityRange, Spacing, Zoom
 
 from .io import Volume
+from .resample import axis_codes, reorient, zoom_linear
 from .spec import Intensity, ModelSpec
 
 
 @dataclass
 class Preprocessed:
-    """The network-grid image: ``image`` (1, X, Y, Z) float32 tensor and its voxel -> RAS ``affine``."""
+    """The network-grid image: ``image`` (C, X, Y, Z) float32 array and its voxel -> RAS ``affine``."""
 
-    image: torch.Tensor
+    image: np.ndarray
     affine: np.ndarray
 
 
 def preprocess(volume: Volume, spec: ModelSpec) -> Preprocessed:
-    """Reorient, resample to ``spec.spacing_mm`` and normalise ``volume`` (MONAI transforms)."""
+    """Reorient, resample to ``spec.spacing_mm`` and normalise ``volume``."""
+    if axis_codes(volume.affine) is None:
+        return preprocess_monai(volume, spec)
+    image, affine = reorient(np.asarray(volume.array, dtype=np.float32)[None], volume.affine, spec.orientation)
+    current = np.linalg.norm(affine[:3, :3], axis=0)
+    if not np.allclose(current, spec.spacing_mm, rtol=1e-3):
+        image, affine = zoom_linear(image, affine, current / np.asarray(spec.spacing_mm))
+    return Preprocessed(normalize(np.ascontiguousarray(image, dtype=np.float32), spec.intensity), affine)
+
+
+def preprocess_monai(volume: Volume, spec: ModelSpec) -> Preprocessed:
+    """The same with MONAI's transforms (oblique grids, and the reference the numpy path is tested against).
+
+    Axis-aligned grids resample with MONAI ``Zoom`` (``torch.nn.functional.interpolate`` over the whole field of
+    view: about 10x faster than ``Spacing``'s grid sampling); the output size is rounded, so the spacing is within
+    half a voxel over the extent of the target; the affine records the exact value, which the inverse uses.
+    """
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import NormalizeIntensity, Orientation, ScaleIntensityRange, Spacing, Zoom
+
     image = MetaTensor(torch.from_numpy(np.asarray(volume.array, dtype=np.float32))[None], affine=torch.from_numpy(volume.affine))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # MONAI's notice about Orientation's label default
         image = Orientation(axcodes=spec.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S")))(image)
-    current = np.linalg.norm(image.affine.numpy()[:3, :3], axis=0)
-    if not np.allclose(current, spec.spacing_mm, rtol=1e-3):
-        image = resample(image, spec.spacing_mm)
-    affine = image.affine.numpy().astype(np.float64)
-    tensor = normalize(image.as_tensor().float(), spec.intensity)
-    return Preprocessed(tensor.contiguous(), affine)
-
-
-def resample(image, spacing_mm):
-    """Resample a reoriented MetaTensor to ``spacing_mm`` (trilinear), tracking its affine.
-
-    Axis-aligned grids (every reoriented scan that is not oblique) use MONAI ``Zoom``, which interpolates
-    with ``torch.nn.functional.interpolate`` over the whole field of view: about 10x faster than ``Spacing``'s
-    grid sampling on a 512x512x141 CT (0.1 s vs 1.2 s at 1.5 mm, 2 cores). The output size is rounded, so the
-    spacing is within half a voxel over the extent of the target (0.4% for that CT); the affine records the
-    exact value, which the inverse uses. Oblique grids go through ``Spacing``.
-    """
     linear = image.affine.numpy()[:3, :3]
     current = np.linalg.norm(linear, axis=0)
-    if _axis_permutation(linear) == (0, 1, 2):
-        return Zoom(zoom=tuple(current / np.asarray(spacing_mm)), keep_size=False, mode="trilinear")(image)
-    return Spacing(pixdim=spacing_mm, mode="bilinear", padding_mode="border")(image)
-
-
-def normalize(image: torch.Tensor, intensity: Intensity) -> torch.Tensor:
-    """Intensity normalisation of the spec (MONAI ScaleIntensityRange / NormalizeIntensity)."""
+    if not np.allclose(current, spec.spacing_mm, rtol=1e-3):
+        if _axis_permutation(linear) == (0, 1, 2):
+            image = Zoom(zoom=tuple(current / np.asarray(spec.spacing_mm)), keep_size=False, mode="trilinear")(image)
+        else:
+            image = Spacing(pixdim=spec.spacing_mm, mode="bilinear", padding_mode="border")(image)
+    affine = image.affine.numpy().astype(np.float64)
+    intensity = spec.intensity
     if intensity.kind == "window":
-        return ScaleIntensityRange(intensity.a_min, intensity.a_max, intensity.b_min, intensity.b_max, clip=True)(image)
-    return NormalizeIntensity(nonzero=True)(image)
+        normalised = ScaleIntensityRange(intensity.a_min, intensity.a_max, intensity.b_min, intensity.b_max, clip=True)
+    else:
+        normalised = NormalizeIntensity(nonzero=True)
+    return Preprocessed(np.ascontiguousarray(normalised(image.as_tensor().float()).numpy()), affine)
+
+
+def normalize(image: np.ndarray, intensity: Intensity) -> np.ndarray:
+    """Intensity normalisation of the spec, in float32 as MONAI computes it (in place where it can)."""
+    if intensity.kind == "window":
+        image -= np.float32(intensity.a_min)
+        image /= np.float32(intensity.a_max - intensity.a_min)
+        image *= np.float32(intensity.b_max - intensity.b_min)
+        image += np.float32(intensity.b_min)
+        return np.clip(image, intensity.b_min, intensity.b_max, out=image)
+    nonzero = image != 0
+    values = image[nonzero]
+    if values.size:
+        std = float(values.std())
+        image[nonzero] = (values - np.float32(values.mean())) / np.float32(std if std != 0.0 else 1.0)
+    return image
 
 
 def background_value(intensity: Intensity) -> float:

@@ -4,8 +4,8 @@ After the quantized engine has segmented a scan, N windows of that very scan are
 engine and through the FP32 reference graph the engine carries, and their label maps are compared
 (``agreement.compare_labels``: foreground agreement and per-label Dice) on each window's core, the part the
 stitched segmentation takes from that window alone (``backends.base.window_core``). The windows are placed where
-the quantized labels are foreground (where a flip would matter), on a half-window grid, most foreground first,
-overlapping each other by at most half a window, deterministic. The cost is N windows of each engine (timed
+the quantized labels are foreground (where a flip would matter), on a half-window grid, chosen greedily to cover
+the most foreground not yet covered, deterministic. The cost is N windows of each engine (timed
 and reported).
 """
 
@@ -21,35 +21,43 @@ from .preprocess import background_value
 from .spec import ModelSpec
 
 
-def choose_windows(labels: np.ndarray, roi, count: int, core: tuple[slice, ...] | None = None) -> list[tuple[int, int, int]]:
-    """Start corners of up to ``count`` ROI windows over ``labels`` (network grid), most foreground (in the
-    window's ``core``, default the whole window) first."""
+def choose_windows(labels: np.ndarray, roi, count: int, core: tuple[slice, ...] | None = None,
+                   step: int = 2) -> list[tuple[int, int, int]]:
+    """Start corners of up to ``count`` ROI windows over ``labels`` (network grid), chosen greedily to cover the
+    most foreground not yet covered (counted in each window's ``core``, default the whole window, on a grid
+    subsampled by ``step``): the first window goes where the foreground is densest, the next ones to other
+    organs rather than beside the first."""
     shape = np.array(labels.shape)
     roi = np.minimum(np.array(roi), shape)
     core = core or tuple(slice(0, r) for r in roi)
     core_lo = np.array([min(c.start, r - 1) for c, r in zip(core, roi)])
     core_hi = np.array([max(min(c.stop, r), lo + 1) for c, r, lo in zip(core, roi, core_lo)])
     axes = [sorted({*range(0, max(n - r, 0) + 1, max(r // 2, 1)), max(n - r, 0)}) for n, r in zip(shape, roi)]
-    integral = np.pad((labels > 0).astype(np.int64), ((1, 0), (1, 0), (1, 0))).cumsum(0).cumsum(1).cumsum(2)
-    candidates = []
-    for start in np.array(np.meshgrid(*axes, indexing="ij")).reshape(3, -1).T:
-        a, b = start + core_lo, start + core_hi
-        box = (integral[b[0], b[1], b[2]] - integral[a[0], b[1], b[2]] - integral[b[0], a[1], b[2]] - integral[b[0], b[1], a[2]]
-               + integral[a[0], a[1], b[2]] + integral[a[0], b[1], a[2]] + integral[b[0], a[1], a[2]] - integral[a[0], a[1], a[2]])
-        candidates.append((int(box), tuple(int(v) for v in start)))
-    candidates.sort(key=lambda item: (-item[0], item[1]))
+    starts = np.array(np.meshgrid(*axes, indexing="ij")).reshape(3, -1).T
+    lows, highs = -(-(starts + core_lo) // step), -(-(starts + core_hi) // step)  # ceil: the subsampled core
+    uncovered = labels[::step, ::step, ::step] > 0
     chosen: list[tuple[int, int, int]] = []
-    for foreground, start in candidates:
-        if len(chosen) == count or foreground == 0 and chosen:
+    while len(chosen) < count:
+        counts = _box_sums(uncovered, lows, highs)
+        best = int(np.lexsort((np.arange(len(counts)), -counts))[0])
+        if counts[best] == 0 and chosen:
             break
-        if all(_overlap(start, other, roi) <= 0.5 for other in chosen):
-            chosen.append(start)
+        chosen.append(tuple(int(v) for v in starts[best]))
+        uncovered[tuple(slice(a, b) for a, b in zip(lows[best], highs[best]))] = False
+        if counts[best] == 0:
+            break
     return chosen
 
 
-def _overlap(a, b, roi) -> float:
-    """Shared fraction of two equal windows."""
-    return float(np.prod([max(r - abs(x - y), 0) / r for x, y, r in zip(a, b, roi)]))
+def _box_sums(mask: np.ndarray, lows: np.ndarray, highs: np.ndarray) -> np.ndarray:
+    """Number of True voxels of ``mask`` in each box [low, high) (an integral image, clipped to the mask)."""
+    integral = np.pad(mask.astype(np.int64), ((1, 0), (1, 0), (1, 0))).cumsum(0).cumsum(1).cumsum(2)
+    a = np.minimum(lows, mask.shape)
+    b = np.minimum(highs, mask.shape)
+    x0, y0, z0 = a.T
+    x1, y1, z1 = b.T
+    return (integral[x1, y1, z1] - integral[x0, y1, z1] - integral[x1, y0, z1] - integral[x1, y1, z0]
+            + integral[x0, y0, z1] + integral[x0, y1, z0] + integral[x1, y0, z0] - integral[x0, y0, z0])
 
 
 def verify_scan(image, labels: np.ndarray, engine, reference, spec: ModelSpec, windows: int,

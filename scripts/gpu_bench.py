@@ -37,7 +37,7 @@ def prepare(ct: str, out: str) -> None:
     from engine_builder.preprocess import preprocess
 
     volume = read_volume(ct)
-    images = {name: preprocess(volume, get_spec(name)).image.numpy().astype(np.float32) for name in MODELS}
+    images = {name: preprocess(volume, get_spec(name)).image.astype(np.float32) for name in MODELS}
     np.savez_compressed(out, **images)
     print({k: v.shape for k, v in images.items()})
 

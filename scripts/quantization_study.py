@@ -157,7 +157,7 @@ class Study:
             path = self.cache / f"{name}-{SPEC.fingerprint()[:12]}.npz"
             if not path.exists():
                 prepared = preprocess(self.volume(name), SPEC)
-                np.savez(path, image=prepared.image.numpy(), affine=prepared.affine)
+                np.savez(path, image=prepared.image, affine=prepared.affine)
             stored = np.load(path)
             self.images[name], self.affines[name] = stored["image"], stored["affine"]
         return self.images[name]

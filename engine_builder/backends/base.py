@@ -11,12 +11,14 @@ import abc
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ..spec import ModelSpec
+
+if TYPE_CHECKING:  # torch is imported where it is used: the CPU path runs without it
+    import torch
 
 
 @dataclass
@@ -108,6 +110,8 @@ class Engine(abc.ABC):
 
     def infer_torch(self, batch: torch.Tensor) -> torch.Tensor:
         """``infer`` for torch tensors (what MONAI's sliding window hands over)."""
+        import torch
+
         return torch.from_numpy(self.infer(batch.detach().cpu().numpy()))
 
     @abc.abstractmethod

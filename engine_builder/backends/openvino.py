@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import PTQError
 from .base import Backend, BuildOptions, Engine, FP32Graph, pad_batch
@@ -68,12 +67,14 @@ class OpenVINOEngine(Engine):
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return np.array(self._run(batch), dtype=np.float32, copy=True)
 
-    def infer_torch(self, batch: torch.Tensor) -> torch.Tensor:
+    def infer_torch(self, batch):
         """Logits as a view of the request's output buffer, valid until the next call.
 
         MONAI's sliding window folds each batch into its accumulator before asking for the next one, so the
         copy ``infer`` makes (28 MB per 8-class 96^3 window, 0.5 s over a chest CT's 75 windows) is skipped.
         """
+        import torch
+
         return torch.from_numpy(self._run(batch.detach().cpu().numpy()))
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
@@ -163,9 +164,10 @@ class OpenVINOBackend(Backend):
     supports_accuracy_control = True
 
     def version(self) -> str:
-        import nncf
+        # nncf's version from its metadata: importing nncf costs seconds that segmenting does not need.
+        from importlib.metadata import version
 
-        return f"openvino {ov.__version__.split('-')[0]}, nncf {nncf.__version__}"
+        return f"openvino {ov.__version__.split('-')[0]}, nncf {version('nncf')}"
 
     def build(self, graph: FP32Graph, calibration_patches, precision: str, options: BuildOptions) -> Engine:
         if precision not in self.precisions:
