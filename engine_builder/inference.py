@@ -89,9 +89,20 @@ def count_windows(shape, roi, overlap: float) -> int:
     return total
 
 
+def spec_windows(shape, spec: ModelSpec) -> int:
+    """Number of windows the spec's sliding window visits for a network grid of ``shape``."""
+    if spec.pipeline == "nnunet":
+        from .nnunet_steps import count_tiles
+
+        return count_tiles(shape, spec.roi_size)
+    return count_windows(shape, spec.roi_size, spec.overlap)
+
+
 def predict_labels(image: torch.Tensor, engine: Engine, spec: ModelSpec, timer: StageTimer,
                    max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES, progress: bool = False) -> np.ndarray:
     """Labels on the network grid for a preprocessed (C, X, Y, Z) image."""
+    if spec.pipeline == "nnunet":
+        return _predict_labels_nnunet(image, engine, spec, timer, max_logits_bytes, progress)
     from monai.inferers import sliding_window_inference
 
     n_classes = len(spec.labels)
@@ -127,6 +138,34 @@ def predict_labels(image: torch.Tensor, engine: Engine, spec: ModelSpec, timer: 
     return labels
 
 
+def _predict_labels_nnunet(image: torch.Tensor, engine: Engine, spec: ModelSpec, timer: StageTimer,
+                           max_logits_bytes: int, progress: bool) -> np.ndarray:
+    """nnU-Net's tiles and Gaussian (``nnunet_steps``), argmax per finished slab."""
+    from .nnunet_steps import sliding_window_nnunet
+
+    dtype = label_dtype(len(spec.labels))
+    labels = np.empty(image.shape[1:], dtype=dtype)
+    counter = Counter("inference", spec_windows(image.shape[1:], spec), enabled=progress)
+    argmax_ms = StageTimer()
+
+    def predictor(batch: torch.Tensor) -> torch.Tensor:
+        counter.step(len(batch))
+        return engine.infer_torch(batch).cpu()
+
+    def on_slab(start: int, logits: torch.Tensor) -> None:
+        with argmax_ms.stage("argmax"):
+            labels[..., start : start + logits.shape[-1]] = running_argmax(logits, dtype)
+
+    with timer.stage("inference"), torch.inference_mode():
+        sliding_window_nnunet(image, tuple(spec.roi_size), len(spec.labels), engine.batch_size, predictor, on_slab,
+                              max_logits_bytes)
+    counter.close()
+    # The argmax ran inside the inference stage (slab by slab): move its share to its own stage.
+    timer.timings["inference"] -= argmax_ms.timings.get("argmax", 0.0)
+    timer.timings["argmax"] = timer.timings.get("argmax", 0.0) + argmax_ms.timings.get("argmax", 0.0)
+    return labels
+
+
 def segment_volume(volume: Volume, engine: Engine, spec: ModelSpec, timings: dict | None = None,
                    max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES, progress: bool = False, name: str = "the volume",
                    memory_budget: int | None = None) -> Segmentation:
@@ -142,7 +181,7 @@ def segment_volume(volume: Volume, engine: Engine, spec: ModelSpec, timings: dic
     network_labels = predict_labels(prepared.image, engine, spec, timer, max_logits_bytes, progress)
     with timer.stage("inverse_resample"):
         labels = labels_to_input_grid(network_labels, prepared.affine, volume.shape, volume.affine)
-    windows = count_windows(prepared.image.shape[1:], spec.roi_size, spec.overlap)
+    windows = spec_windows(prepared.image.shape[1:], spec)
     return Segmentation(Volume(labels, volume.affine.copy()), spec, timer.timings, windows, warnings)
 
 

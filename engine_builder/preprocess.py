@@ -1,7 +1,8 @@
 """Spec -> MONAI preprocessing, and its exact inverse for the predicted label map.
 
-Forward (MONAI transforms): reorient to the spec's axis codes, resample to the spec's spacing
-(bilinear), normalise intensities. Inverse: every voxel of the *input* grid takes the label of the
+Forward (MONAI transforms): reorient to the spec's axis codes (or keep the stored order), resample to the
+spec's spacing (bilinear), normalise intensities, then put the axes in the spec's ``axis_order``. Specs with
+``pipeline="nnunet"`` go through nnU-Net's own steps instead (``nnunet_steps``). Inverse: every voxel of the *input* grid takes the label of the
 nearest voxel of the network grid. The result therefore has exactly the input's shape and affine by
 construction, with no second resampling of the image. When the two grids differ only by axis
 permutation, flips and scaling (every reorient + respacing does), the nearest-voxel map is separable
@@ -19,7 +20,7 @@ from monai.data import MetaTensor
 from monai.transforms import NormalizeIntensity, Orientation, ScaleIntensityRange, Spacing, Zoom
 
 from .io import Volume
-from .spec import Intensity, ModelSpec
+from .spec import STORED, Intensity, ModelSpec
 
 
 @dataclass
@@ -31,16 +32,25 @@ class Preprocessed:
 
 
 def preprocess(volume: Volume, spec: ModelSpec) -> Preprocessed:
-    """Reorient, resample to ``spec.spacing_mm`` and normalise ``volume`` (MONAI transforms)."""
+    """Reorient, resample to ``spec.spacing_mm`` and normalise ``volume`` (MONAI transforms, or nnU-Net's steps)."""
+    if spec.pipeline == "nnunet":
+        from .nnunet_steps import preprocess_nnunet
+
+        grid = preprocess_nnunet(volume.array, volume.affine, spec)
+        return Preprocessed(grid.image, grid.affine)
     image = MetaTensor(torch.from_numpy(np.asarray(volume.array, dtype=np.float32))[None], affine=torch.from_numpy(volume.affine))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # MONAI's notice about Orientation's label default
-        image = Orientation(axcodes=spec.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S")))(image)
+    if spec.orientation != STORED:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # MONAI's notice about Orientation's label default
+            image = Orientation(axcodes=spec.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S")))(image)
     current = np.linalg.norm(image.affine.numpy()[:3, :3], axis=0)
     if not np.allclose(current, spec.spacing_mm, rtol=1e-3):
         image = resample(image, spec.spacing_mm)
     affine = image.affine.numpy().astype(np.float64)
     tensor = normalize(image.as_tensor().float(), spec.intensity)
+    if tuple(spec.axis_order) != (0, 1, 2):
+        order = list(spec.axis_order)
+        tensor, affine = tensor.permute(0, *[a + 1 for a in order]), affine[:, order + [3]]
     return Preprocessed(tensor.contiguous(), affine)
 
 
@@ -61,19 +71,33 @@ def resample(image, spacing_mm):
 
 
 def normalize(image: torch.Tensor, intensity: Intensity) -> torch.Tensor:
-    """Intensity normalisation of the spec (MONAI ScaleIntensityRange / NormalizeIntensity)."""
+    """Intensity normalisation of the spec (MONAI ScaleIntensityRange / NormalizeIntensity; nnU-Net's schemes)."""
     if intensity.kind == "window":
         return ScaleIntensityRange(intensity.a_min, intensity.a_max, intensity.b_min, intensity.b_max, clip=True)(image)
-    return NormalizeIntensity(nonzero=True)(image)
+    if intensity.kind == "zscore":
+        return NormalizeIntensity(nonzero=True)(image)
+    from scipy.ndimage import binary_fill_holes
+
+    from .nnunet_steps import normalize_nnunet
+
+    data = image.numpy().astype(np.float32)
+    masks = [binary_fill_holes(channel != 0) for channel in data]
+    return torch.from_numpy(np.stack([normalize_nnunet(c, m, intensity) for c, m in zip(data, masks)]))
 
 
 def background_value(intensity: Intensity) -> float:
     """The normalised value of air/empty space: used to pad patches and small volumes."""
-    return float(intensity.b_min) if intensity.kind == "window" else 0.0
+    if intensity.kind == "window":
+        return float(intensity.b_min)
+    if intensity.kind == "ct_clip_zscore":
+        return float((intensity.a_min - intensity.mean) / intensity.std)
+    return 0.0
 
 
 def foreground_threshold(intensity: Intensity) -> float:
     """Normalised value above which a voxel is body rather than air (-500 HU for CT windows)."""
+    if intensity.kind == "ct_clip_zscore":
+        return float((np.clip(-500.0, intensity.a_min, intensity.a_max) - intensity.mean) / intensity.std)
     if intensity.kind != "window":
         return 0.0
     fraction = (-500.0 - intensity.a_min) / (intensity.a_max - intensity.a_min)

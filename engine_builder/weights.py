@@ -4,6 +4,11 @@ Understands the wrappers that common checkpoints put around a state dict (MONAI 
 ``model.pt``, Lightning/Ignite ``{"state_dict": ...}`` or ``{"model": ...}``, nnU-Net v2's
 ``{"network_weights": ...}``) and DataParallel's ``module.`` prefix. A mismatch with the architecture names
 the missing and unexpected keys.
+
+nnU-Net (v1 ``.model``, v2 ``checkpoint_final.pth``) and STU-Net checkpoints keep their training logs beside the
+weights as numpy scalars (``numpy.float32`` losses and Dice values), which ``weights_only`` refuses by default.
+``CHECKPOINT_GLOBALS`` allow-lists exactly what rebuilds those values: numpy's scalar and dtype constructors (under
+their numpy 2 and numpy 1 names) and the dtype classes. None of them runs code: they turn bytes into a number.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import PTQError
@@ -59,16 +65,39 @@ def _download_bundle(spec: ModelSpec, download_dir) -> Path:
     return target
 
 
+def _checkpoint_globals() -> list:
+    """numpy scalar/dtype reconstruction, under numpy 2 (``numpy._core``) and numpy 1 (``numpy.core``) names."""
+    from numpy._core.multiarray import scalar
+
+    dtype_classes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")
+                     and not name.startswith(("Object", "Void", "String", "Str", "Bytes"))]
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtype_classes]
+
+
+def load_checkpoint(path: str | os.PathLike):
+    """``torch.load(weights_only=True)`` with numpy's scalars allow-listed (see the module docstring): tensors,
+    containers, plain Python values and numpy numbers load; any other object refuses the whole file unread."""
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(_checkpoint_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise PTQError(f"{path.name} is not a plain state dict (it holds Python objects that would have to be unpickled: "
+                       f"{_unpickle_reason(exc)}); save it with torch.save(model.state_dict(), file)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise PTQError(f"{path.name} cannot be read as a PyTorch checkpoint ({str(exc).splitlines()[0][:120]})") from None
+
+
+def _unpickle_reason(exc: Exception) -> str:
+    """torch's refusal names the global it would not load: keep that line, not the multi-paragraph advice."""
+    lines = [line.strip() for line in str(exc).splitlines() if "Unsupported global" in line or "GLOBAL" in line]
+    return (lines[0] if lines else str(exc).splitlines()[0])[:160]
+
+
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A plain ``{name: tensor}`` dict from a checkpoint, refusing anything that needs unpickling code."""
     path = Path(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise PTQError(f"{path.name} is not a plain state dict (it holds Python objects that would have to be unpickled: "
-                       f"{str(exc).splitlines()[0][:120]}); save it with torch.save(model.state_dict(), file)") from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise PTQError(f"{path.name} cannot be read as a PyTorch checkpoint ({str(exc).splitlines()[0][:120]})") from None
+    checkpoint = load_checkpoint(path)
     for key in _WRAPPER_KEYS:
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
             checkpoint = checkpoint[key]
