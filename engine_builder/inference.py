@@ -128,7 +128,7 @@ def predict_labels(image: torch.Tensor, engine: Engine, spec: ModelSpec, timer: 
         with timer.stage("inference"), torch.inference_mode():
             logits = sliding_window_inference(
                 image[None, :, :, :, lo:hi], spec.roi_size, engine.batch_size, predictor,
-                overlap=spec.overlap, mode="gaussian", padding_mode="constant", cval=background_value(spec.intensity),
+                overlap=spec.overlap, mode=spec.blend, padding_mode="constant", cval=background_value(spec.intensity),
                 sw_device=device, device=device)
         with timer.stage("argmax"):
             slab = logits[0].as_tensor() if hasattr(logits, "as_tensor") else logits[0]

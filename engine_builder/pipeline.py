@@ -26,21 +26,20 @@ from .backends.base import folder_size
 from .calibration import CalibrationSet, build_calibration_set
 from .errors import PTQError
 from .evaluate import agreement_report
-from .export import export_onnx
+from .model_source import CustomModel, ModelSource, resolve
 from .models import get_spec
 from .progress import stage
 from .spec import ModelSpec
-from .files import file_sha256
-from .weights import load_network, resolve_weights
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class BuildRequest:
-    """Everything that defines an engine. ``model`` is a registry name or a ModelSpec."""
+    """Everything that defines an engine. ``model`` is a registry name, a ModelSpec, or a user's model
+    (``model_source.CustomModel``: ONNX/TorchScript + spec file, MONAI bundle, nnU-Net folder)."""
 
-    model: str | ModelSpec
+    model: str | ModelSpec | CustomModel
     calib: str | Path | None = None
     weights: str | Path | None = None
     backend: str = "openvino"
@@ -58,6 +57,7 @@ class BuildRequest:
     progress: bool = True
 
     def resolved_spec(self) -> ModelSpec:
+        """The spec of a registry name or ModelSpec (a CustomModel's spec comes from ``model_source.resolve``)."""
         return self.model if isinstance(self.model, ModelSpec) else get_spec(self.model)
 
     def options(self) -> BuildOptions:
@@ -73,9 +73,11 @@ class BuildResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def check_request(request: BuildRequest):
-    """Validate what can be validated before any work: model, backend, precision, method, weights."""
-    spec = request.resolved_spec()
+def check_request(request: BuildRequest) -> tuple[ModelSource, object]:
+    """Validate what can be validated before any work: model (spec against graph, weights against network),
+    backend, precision, method. Returns the resolved model source and the backend."""
+    if not isinstance(request.model, CustomModel):
+        request.resolved_spec()  # an unknown registry name is the first thing to say
     backend = get_backend(request.backend)
     if request.precision not in backend.precisions:
         raise PTQError(f"backend {backend.name} builds {', '.join(backend.precisions)}, not '{request.precision}'")
@@ -89,22 +91,28 @@ def check_request(request: BuildRequest):
         raise PTQError(f"--max-drop must be a fraction between 0 and 1, got {request.max_drop}")
     if request.batch_size < 1:
         raise PTQError("--batch must be at least 1")
-    random_init = request.allow_random_weights and request.weights is None  # speed benchmarks only
-    weights_path = None if random_init else resolve_weights(spec, request.weights)
-    return spec, backend, weights_path
+    source = resolve(request.model, request.weights, request.batch_size, request.allow_random_weights)
+    if backend.name == "torch" and source.spec.graph_only:
+        raise PTQError("the torch backend needs a network definition PTQSegment knows, and a "
+                       f"{source.kind} model is a graph: use --backend openvino")
+    for note in source.notes:
+        log.warning("%s", note)
+    return source, backend
 
 
 def build_engine(request: BuildRequest, out: str | Path | None = None, cache_root: str | Path | None = None) -> BuildResult:
     """Build (or reuse from the cache) the engine described by ``request``; write it to ``out``."""
-    spec, backend, weights_path = check_request(request)
-    network = load_network(spec, weights_path)  # fails early on weights that do not fit
+    source, backend = check_request(request)
+    spec = source.spec
     cache_root = Path(cache_root) if cache_root else default_cache_root()
     calibration = None
     if request.precision == "int8" or request.calib is not None:
         calibration = build_calibration_set(request.calib, spec, request.patches_per_volume, seed=request.seed,
                                             cache_dir=cache_root / "calibration", progress=request.progress)
-    weights_sha256 = file_sha256(weights_path) if weights_path else None
-    key = cache_key(weights=weights_sha256 or "random-init", spec=spec.fingerprint(),
+    # Registry models keep their key's form ("weights" = the weights' SHA-256), so their cached engines stay valid.
+    model_key = source.files.get("weights", "random-init") if source.kind == "registry" else \
+        {"source": source.kind, "files": source.files}
+    key = cache_key(weights=model_key, spec=spec.fingerprint(),
                     calibration=calibration.set_hash if calibration and request.precision == "int8" else None,
                     method=request.method or backend.default_method, max_drop=request.max_drop, backend=backend.name,
                     backend_version=backend.version(), precision=request.precision, batch=request.batch_size,
@@ -118,8 +126,7 @@ def build_engine(request: BuildRequest, out: str | Path | None = None, cache_roo
                 copy_engine(candidate, target)
             log.info("engine cache hit: %s", candidate)
             return BuildResult(target, manifest, cache_hit=True)
-    weights = {"file": Path(weights_path).name if weights_path else None, "sha256": weights_sha256}
-    manifest, warnings = _build_into(target, request, spec, backend, network, weights, calibration, key)
+    manifest, warnings = _build_into(target, request, source, backend, calibration, key)
     if target != cached:
         copy_engine(target, cached)
     return BuildResult(target, manifest, cache_hit=False, warnings=warnings)
@@ -138,14 +145,16 @@ def _finished_engine(folder: Path) -> dict:
     return manifest
 
 
-def _build_into(target: Path, request: BuildRequest, spec: ModelSpec, backend, network, weights: dict,
+def _build_into(target: Path, request: BuildRequest, source: ModelSource, backend,
                 calibration: CalibrationSet | None, key: str) -> tuple[dict, list[str]]:
     started = time.perf_counter()
+    spec = source.spec
     tmp = temporary_dir_for(target)
     try:
         with tempfile.TemporaryDirectory(prefix="ptqseg-export-") as scratch:
-            onnx_path = export_onnx(network, Path(scratch) / "fp32.onnx", spec.roi_size, spec.in_channels, request.batch_size)
-            graph = FP32Graph(spec, network, onnx_path, request.batch_size)
+            with stage("export"):
+                graph: FP32Graph = source.fp32_graph(scratch, request.batch_size)
+            onnx_path = graph.onnx_path
             calib = calibration.calibration if calibration is not None else None
             held_out = calibration.held_out if calibration is not None else None
             with stage("quantize" if request.precision == "int8" else "compile"):
@@ -155,7 +164,7 @@ def _build_into(target: Path, request: BuildRequest, spec: ModelSpec, backend, n
                 raise RuntimeError(f"backend {backend.name} wrote {files}, not its engine layout {ENGINE_FILES[backend.name]}")
             fp32_bytes = onnx_path.stat().st_size
         with stage("accuracy_check"):
-            accuracy, warnings = _accuracy_check(engine, network, calibration, spec, request)
+            accuracy, warnings = _accuracy_check(engine, graph.network, calibration, spec, request)
         manifest = {
             "format_version": FORMAT_VERSION,
             "engine_builder_version": __version__,
@@ -169,7 +178,8 @@ def _build_into(target: Path, request: BuildRequest, spec: ModelSpec, backend, n
             "batch_size": request.batch_size,
             "input_shape": [request.batch_size, spec.in_channels, *spec.roi_size],
             "input_name": "image",
-            "weights": weights,
+            "weights": _weights_record(source),
+            "source": source.record(),
             "calibration": _calibration_record(calibration, request, backend),
             "kept_in_float": engine.kept_in_float(),
             "files": files,
@@ -184,6 +194,13 @@ def _build_into(target: Path, request: BuildRequest, spec: ModelSpec, backend, n
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest, warnings
+
+
+def _weights_record(source: ModelSource) -> dict:
+    """The manifest's ``weights``: the registry model's weights file (its name and SHA-256), else the source's."""
+    if source.kind == "registry":
+        return {"file": source.weights_path.name if source.weights_path else None, "sha256": source.files.get("weights")}
+    return {"file": None, "sha256": None, "source": source.kind}
 
 
 def _calibration_record(calibration: CalibrationSet | None, request: BuildRequest, backend) -> dict | None:
@@ -201,6 +218,9 @@ def _accuracy_check(engine, network, calibration, spec: ModelSpec, request: Buil
     import torch
 
     if calibration is None or calibration.n_held_out == 0:
+        return None, []
+    if network is None:  # a graph-only model: the build-time estimate against an FP32 engine replaces this
+        log.info("no build-time accuracy check for a graph-only model yet")
         return None, []
     patches = calibration.held_out
     with torch.inference_mode():

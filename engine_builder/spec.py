@@ -31,6 +31,8 @@ GRAPH_SOURCES = ("onnx", "torchscript")
 PIPELINES = ("monai", "nnunet")
 #: ``orientation`` value meaning "as stored in the file, no reorientation" (what nnU-Net does).
 STORED = "stored"
+#: How overlapping sliding windows are blended (MONAI ``BlendMode``; nnU-Net's pipeline is always Gaussian).
+BLEND_MODES = ("gaussian", "constant")
 _AXES = ("LR", "PA", "IS")
 
 
@@ -115,6 +117,7 @@ class ModelSpec:
     in_channels: int = 1
     pipeline: str = "monai"
     axis_order: tuple[int, int, int] = (0, 1, 2)
+    blend: str = "gaussian"
 
     def __post_init__(self) -> None:
         values = [label.value for label in self.labels]
@@ -219,6 +222,7 @@ class ModelSpec:
             in_channels=in_channels,
             pipeline=fields.string("pipeline", PIPELINES, required=False, default="monai"),
             axis_order=axis_order,
+            blend=fields.string("blend", BLEND_MODES, required=False, default="gaussian"),
         )
 
     def fingerprint(self) -> str:
@@ -261,7 +265,8 @@ def _weights_from(fields: Fields | None) -> WeightsSource:
 
 
 # Fields added after engine format 2, left out of ``to_dict`` at these defaults (see ``ModelSpec.to_dict``).
-_OPTIONAL_SPEC_FIELDS = {"source": "registry", "in_channels": 1, "pipeline": "monai", "axis_order": (0, 1, 2)}
+_OPTIONAL_SPEC_FIELDS = {"source": "registry", "in_channels": 1, "pipeline": "monai", "axis_order": (0, 1, 2),
+                         "blend": "gaussian"}
 _OPTIONAL_INTENSITY_FIELDS = {"mean": 0.0, "std": 1.0, "use_mask": False}
 
 

@@ -42,27 +42,32 @@ def resolve_weights(spec: ModelSpec, weights: str | os.PathLike | None = None, d
             raise PTQError(f"model '{spec.name}': its packaged weights {path.name} are missing from this installation; reinstall or pass --weights FILE")
         return path
     if source.kind == "monai_bundle":
-        return _download_bundle(spec, download_dir)
+        return find_bundle(spec, download_dir) / source.path
     raise PTQError(f"model '{spec.name}' has no pretrained weights: pass --weights FILE (a state dict for {spec.architecture})")
 
 
-def _download_bundle(spec: ModelSpec, download_dir) -> Path:
-    """Download a MONAI model-zoo bundle (needs internet) and return the weights file inside it."""
-    from monai.bundle import download
+def find_bundle(spec: ModelSpec, bundle_dir: str | os.PathLike | None = None) -> Path:
+    """The folder of ``spec``'s MONAI model-zoo bundle: found in the bundle cache (``<cache>/bundles/<name>``,
+    put there by hand behind a proxy, or by an earlier download) or downloaded with ``monai.bundle`` (needs internet)."""
+    from .artifact import default_cache_root
 
-    bundle_dir = Path(download_dir or Path.home() / ".cache" / "ptqsegment" / "bundles")
-    target = bundle_dir / spec.weights.name / spec.weights.path
+    bundle_root = Path(bundle_dir or default_cache_root() / "bundles")
+    folder = bundle_root / spec.weights.name
+    target = folder / spec.weights.path
     if not target.is_file():
+        from monai.bundle import download
+
         try:
-            download(name=spec.weights.name, bundle_dir=str(bundle_dir), progress=True)
+            download(name=spec.weights.name, bundle_dir=str(bundle_root), progress=True)
         except Exception as exc:  # network errors come in many types
-            raise PTQError(f"model '{spec.name}': cannot download MONAI bundle '{spec.weights.name}' ({type(exc).__name__}); "
-                           "connect to the internet or pass --weights FILE") from None
+            raise PTQError(f"model '{spec.name}': MONAI bundle '{spec.weights.name}' is not in {bundle_root} and cannot be "
+                           f"downloaded ({type(exc).__name__}); put the bundle folder there, pass --bundle FOLDER|ZIP, "
+                           "or pass --weights FILE") from None
     if not target.is_file():
         raise PTQError(f"MONAI bundle '{spec.weights.name}' has no {spec.weights.path}")
     if spec.weights.sha256 and file_sha256(target) != spec.weights.sha256:
         raise PTQError(f"MONAI bundle '{spec.weights.name}': {spec.weights.path} does not match the expected checksum")
-    return target
+    return folder
 
 
 def _checkpoint_globals() -> list:
