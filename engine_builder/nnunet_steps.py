@@ -51,7 +51,7 @@ class NetworkGrid:
 def preprocess_nnunet(array: np.ndarray, affine: np.ndarray, spec: ModelSpec) -> NetworkGrid:
     """``array[i, j, k]`` with voxel -> RAS ``affine`` prepared as nnU-Net prepares it (module docstring)."""
     order = list(spec.axis_order)
-    data = np.asarray(array, dtype=np.float32).transpose(order)
+    data = np.array(array, dtype=np.float32).transpose(order)  # a copy: normalisation works in place
     grid = np.asarray(affine, dtype=np.float64)[:, order + [3]]
     mask = ndimage.binary_fill_holes(data != 0)
     box = _bounding_box(mask)
