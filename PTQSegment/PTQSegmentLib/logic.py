@@ -30,6 +30,8 @@ from engine_builder.errors import PTQError  # noqa: E402  (light: no torch, no r
 
 #: The model choice that means "a weights file for one of the registry's architectures".
 CUSTOM_MODEL = "custom"
+#: Kinds of a user's own model ("Custom model…"): file or folder, as ``ptqseg build --onnx/--torchscript/--bundle/--nnunet``.
+CUSTOM_SOURCE_KINDS = ("onnx", "torchscript", "bundle", "nnunet")
 AUTO_BACKEND = "auto"
 #: Backend names as engine_builder registers them (or will: the TensorRT backend is being written).
 TENSORRT, TENSORRT_RTX = "tensorrt", "tensorrt-rtx"
@@ -170,11 +172,23 @@ class PTQSegmentLogic:
 
     def checkBuildInputs(self, modelName: str, weightsPath: str | Path | None = None, calibrationFolder: str | Path | None = None,
                          useSceneVolumes: bool = False, backend: str = AUTO_BACKEND, precision: str = "int8",
-                         gpu: GpuInfo | None = None) -> str:
-        """Raise ``InputError`` for a build that cannot work; return the backend it will use."""
+                         gpu: GpuInfo | None = None, customModel: dict | None = None) -> str:
+        """Raise ``InputError`` for a build that cannot work; return the backend it will use.
+
+        ``customModel``: a user's own model instead of ``modelName``, ``{"kind": "onnx"|"torchscript"|"bundle"|"nnunet",
+        "path": file or folder, "specFile": spec file (ONNX, TorchScript), "folds": ["0", ...] (nnU-Net)}``.
+        """
         from engine_builder.backends import backend_names
         from engine_builder.models import get_spec
 
+        if customModel is not None:
+            self._checkCustomModel(customModel)
+            resolved = self.resolveBackend(backend, gpu)
+            if resolved == "torch" and customModel["kind"] in ("onnx", "torchscript"):
+                raise InputError("The torch backend runs only networks PTQSegment knows: choose openvino for an ONNX or TorchScript model.")
+            if precision == "int8":
+                self._checkCalibration(calibrationFolder, useSceneVolumes)
+            return resolved
         if not modelName or modelName == CUSTOM_MODEL:
             raise InputError("Choose the architecture your custom weights belong to.")
         spec = get_spec(modelName)
@@ -187,6 +201,32 @@ class PTQSegmentLogic:
         if precision == "int8":
             self._checkCalibration(calibrationFolder, useSceneVolumes)
         return resolved
+
+    @staticmethod
+    def _checkCustomModel(customModel: dict) -> None:
+        kind, path = customModel.get("kind"), customModel.get("path")
+        if kind not in CUSTOM_SOURCE_KINDS:
+            raise InputError(f"Custom model kind '{kind}' is not one of {', '.join(CUSTOM_SOURCE_KINDS)}.")
+        if not path or not Path(path).exists():
+            raise InputError(f"Custom model {path or '(none)'} not found: choose the {kind} file or folder.")
+        if kind in ("onnx", "torchscript") and not (customModel.get("specFile") and Path(customModel["specFile"]).is_file()):
+            raise InputError(f"A {kind} model needs its spec file (ROI, spacing, intensity, labels): choose a .json file.")
+
+    @staticmethod
+    def _customArguments(customModel: dict) -> list[str]:
+        """``ptqseg build`` arguments for a custom model."""
+        arguments = [f"--{customModel['kind']}", str(customModel["path"])]
+        arguments += ["--spec", str(customModel["specFile"])] if customModel.get("specFile") else []
+        arguments += ["--fold", *map(str, customModel["folds"])] if customModel.get("folds") else []
+        return arguments + (["--mirror"] if customModel.get("mirror") else [])
+
+    @staticmethod
+    def _customRequestModel(customModel: dict):
+        from engine_builder.model_source import CustomModel
+
+        folds = tuple(map(str, customModel["folds"])) if customModel.get("folds") else None
+        return CustomModel(customModel["kind"], customModel["path"], spec_file=customModel.get("specFile"), folds=folds,
+                           mirror=bool(customModel.get("mirror")))
 
     @staticmethod
     def _checkWeights(spec, weightsPath) -> None:
@@ -245,7 +285,8 @@ class PTQSegmentLogic:
     # ---------------------------------------------------------------------------------------------- building
     def buildEngine(self, modelName: str, calibrationFolder: str | Path | None = None, weightsPath: str | Path | None = None,
                     backend: str = AUTO_BACKEND, precision: str = "int8", patchesPerVolume: int = 8,
-                    useSceneVolumes: bool = False, background: bool = False) -> EngineRecord | Job:
+                    useSceneVolumes: bool = False, background: bool = False,
+                    customModel: dict | None = None) -> EngineRecord | Job:
         """Calibrate and build (or reuse from the cache) an engine.
 
         Args:
@@ -255,15 +296,19 @@ class PTQSegmentLogic:
             patchesPerVolume: calibration patches drawn from each volume.
             background: False builds in this process and returns the ``EngineRecord``; True starts ``ptqseg build``
                 and returns its ``Job`` (then ``finishBuild(job)``).
+            customModel: a user's own model instead of ``modelName`` (see ``checkBuildInputs``).
         """
-        resolved = self.checkBuildInputs(modelName, weightsPath, calibrationFolder, useSceneVolumes, backend, precision)
+        resolved = self.checkBuildInputs(modelName, weightsPath, calibrationFolder, useSceneVolumes, backend, precision,
+                                         customModel=customModel)
         workDir = self._newWorkDir("build")
         try:
             calibration = self._writeSceneVolumes(workDir / "calibration") if useSceneVolumes else calibrationFolder
+            model = self._customRequestModel(customModel) if customModel else modelName
             if not background:
-                return self._buildInProcess(modelName, calibration, weightsPath, resolved, precision, patchesPerVolume)
+                return self._buildInProcess(model, calibration, weightsPath, resolved, precision, patchesPerVolume)
             out = workDir / "engine"
-            arguments = ["build", "--model", modelName, "--backend", resolved, "--precision", precision,
+            source = self._customArguments(customModel) if customModel else ["--model", modelName]
+            arguments = ["build", *source, "--backend", resolved, "--precision", precision,
                          "--patches", str(int(patchesPerVolume)), "--out", str(out), "--cache", str(self.cacheRoot)]
             arguments += ["--calib", str(calibration)] if calibration and precision == "int8" else []
             arguments += ["--weights", str(weightsPath)] if weightsPath else []
