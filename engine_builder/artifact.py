@@ -24,7 +24,7 @@ from .errors import PTQError
 from .files import commit_dir as _commit_dir
 from .files import JOB_TOKEN_ENV, job_partials, file_sha256, partial_path, remove_stale_partials  # noqa: F401
 from .schema import Fields
-from .spec import ModelSpec
+from .spec import SOURCE_KINDS, ModelSpec
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2
@@ -44,7 +44,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _REBUILD = "rebuild the engine with 'ptqseg build'"
 _FIELDS = {"format_version", "engine_builder_version", "created", "cache_key", "spec", "backend", "backend_version",
            "precision", "runs_as", "batch_size", "input_shape", "input_name", "weights", "calibration", "kept_in_float",
-           "files", "file_sha256", "sizes", "accuracy", "accuracy_control", "build_seconds", "machine"}
+           "files", "file_sha256", "sizes", "accuracy", "accuracy_control", "build_seconds", "machine", "source"}
 
 
 def engine_files(backend: str, precision: str) -> tuple[str, ...]:
@@ -147,7 +147,26 @@ def validate_manifest(manifest, where: str) -> None:
     for name in files:
         if not _SHA256.match(hashes.string(name)):
             hashes.fail("is not a SHA-256 hex digest", name)
+    _validate_source(fields, spec)
     _validate_report_fields(fields)
+
+
+def _validate_source(fields: Fields, spec: ModelSpec) -> None:
+    """``source`` (optional: engines of format 2 built before it existed are registry models): the model's kind,
+    which must be the spec's, and the SHA-256 of each file it was read from."""
+    source = fields.object("source", required=False)
+    if source is None:
+        if spec.source != "registry":
+            fields.fail(f"is missing for a {spec.source} model", "source")
+        return
+    source.only(("kind", "files", "notes"))
+    if source.string("kind", SOURCE_KINDS) != spec.source:
+        source.fail(f"says {source.data['kind']!r}, the spec says {spec.source!r}", "kind")
+    digests = source.object("files")
+    for name in digests.data:
+        if not _SHA256.match(digests.string(name, max_length=64)):
+            digests.fail("is not a SHA-256 hex digest", name)
+    source.strings("notes", required=False)
 
 
 def _validate_report_fields(fields: Fields) -> None:

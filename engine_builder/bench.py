@@ -226,11 +226,12 @@ def _weights_for(name: str):
         except PTQError:
             pass
     elif spec.weights.kind == "monai_bundle":
-        from .weights import _download_bundle  # only a cached bundle: no network during a benchmark
+        from .artifact import default_cache_root
+        from .weights import find_bundle  # only a cached bundle: no network during a benchmark
 
-        target = Path.home() / ".cache" / "ptqsegment" / "bundles" / spec.weights.name / spec.weights.path
+        target = default_cache_root() / "bundles" / spec.weights.name / spec.weights.path
         if target.is_file():
-            return spec, _download_bundle(spec, None), f"MONAI bundle {spec.weights.name}"
+            return spec, find_bundle(spec) / spec.weights.path, f"MONAI bundle {spec.weights.name}"
     return spec, None, "random init"
 
 

@@ -161,7 +161,8 @@ def sample_volume(image: np.ndarray, spec: ModelSpec, count: int, rng: np.random
 
 
 def _preprocessing_key(spec: ModelSpec) -> str:
-    return f"{spec.roi_size}|{spec.spacing_mm}|{spec.orientation}|{spec.intensity}|{spec.in_channels}"
+    return (f"{spec.roi_size}|{spec.spacing_mm}|{spec.orientation}|{spec.intensity}|{spec.in_channels}|"
+            f"{spec.pipeline}|{tuple(spec.axis_order)}")
 
 
 def _load(cache_file: Path, by_name: dict, set_hash: str) -> CalibrationSet:

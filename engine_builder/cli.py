@@ -66,7 +66,16 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     build = sub.add_parser("build", help="calibrate on a folder of unlabeled volumes and build an engine")
-    build.add_argument("--model", required=True, help="registry name (see 'ptqseg models')")
+    model = build.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model", help="registry name (see 'ptqseg models')")
+    model.add_argument("--onnx", help="your own ONNX graph (with --spec)")
+    model.add_argument("--torchscript", help="your own TorchScript file (with --spec)")
+    model.add_argument("--bundle", help="a MONAI model-zoo bundle: folder or .zip")
+    model.add_argument("--nnunet", help="an nnU-Net v2 results folder: DatasetXXX_Name/<Trainer>__<Plans>__<configuration>")
+    build.add_argument("--spec", help="spec file (JSON/YAML: roi_size, spacing_mm, intensity, labels, ...) for --onnx/--torchscript")
+    build.add_argument("--fold", nargs="+", help="nnU-Net folds to use (numbers or 'all' for fold_all; default: every "
+                                                 "fold present, logits averaged)")
+    build.add_argument("--mirror", action="store_true", help="nnU-Net test-time mirroring (off by default: 8x the work)")
     build.add_argument("--weights", help="state-dict file for the model (default: the model's own weights)")
     build.add_argument("--calib", help="folder of unlabeled volumes (NIfTI, NRRD, DICOM), searched recursively")
     build.add_argument("--out", help="engine directory to write (default: the engine cache; the path is printed)")
@@ -148,11 +157,29 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_model_argument(args):
+    """``--model NAME`` or the ``CustomModel`` that ``--onnx/--torchscript/--bundle/--nnunet`` name."""
+    from .model_source import CUSTOM_KINDS, CustomModel
+
+    kind = next((k for k in CUSTOM_KINDS if getattr(args, k, None)), None)
+    if kind is None:
+        for flag in ("spec", "fold"):
+            if getattr(args, flag):
+                raise PTQError(f"--{flag} belongs to a custom model (--onnx, --torchscript, --nnunet), not --model")
+        return args.model
+    if args.spec and kind in ("bundle", "nnunet"):
+        raise PTQError(f"--spec is for --onnx and --torchscript; a {kind} model carries its own spec")
+    if (args.fold or args.mirror) and kind != "nnunet":
+        raise PTQError("--fold and --mirror are for --nnunet models")
+    return CustomModel(kind, getattr(args, kind), spec_file=args.spec, folds=tuple(args.fold) if args.fold else None,
+                       mirror=args.mirror)
+
+
 def cmd_build(args) -> int:
     from .describe import describe_manifest
     from .pipeline import BuildRequest, build_engine
 
-    request = BuildRequest(model=args.model, calib=args.calib, weights=args.weights, backend=args.backend,
+    request = BuildRequest(model=build_model_argument(args), calib=args.calib, weights=args.weights, backend=args.backend,
                            precision=args.precision, method=args.method, preset=args.preset,
                            bias_correction=args.bias_correction, sampling=args.sampling, max_drop=args.max_drop,
                            accuracy_control=args.accuracy_control, batch_size=args.batch,

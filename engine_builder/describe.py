@@ -49,9 +49,12 @@ def describe_accuracy_control(control: dict) -> str:
 def describe_manifest(manifest: dict) -> str:
     """A human summary: what runs, sizes, agreement, what stayed in float."""
     sizes = manifest["sizes"]
+    source = manifest.get("source") or {}
     lines = [
         f"model      {manifest['spec']['name']} ({manifest['spec']['architecture'].rsplit('.', 1)[-1] or 'graph'}, "
         f"{len(manifest['spec']['labels'])} labels)",
+        f"source     {source.get('kind', 'registry')}" + "".join(f", {name} {digest[:12]}" for name, digest in
+                                                             sorted(source.get("files", {}).items())),
         f"backend    {manifest['backend']} ({manifest['backend_version']}), precision {manifest['precision']}, "
         f"batch {manifest['batch_size']}",
         f"size       {sizes['engine_bytes'] / 1e6:.2f} MB engine vs {sizes['fp32_onnx_bytes'] / 1e6:.2f} MB FP32 "

@@ -53,9 +53,20 @@ def label_dtype(n_labels: int) -> np.dtype:
     raise ValueError(f"{n_labels} labels do not fit in 32 bits")
 
 
+def spec_windows(shape, spec: ModelSpec) -> int:
+    """Number of windows the spec's sliding window visits for a network grid of ``shape``."""
+    if spec.pipeline == "nnunet":
+        from .nnunet_steps import count_tiles
+
+        return count_tiles(shape, spec.roi_size)
+    return count_windows(shape, spec.roi_size, spec.overlap)
+
+
 def predict_labels(image, engine: Engine, spec: ModelSpec, timer: StageTimer,
                    max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES, progress: bool = False) -> np.ndarray:
     """Labels on the network grid for a preprocessed (C, X, Y, Z) image (numpy; a torch tensor is accepted)."""
+    if spec.pipeline == "nnunet":
+        return _predict_labels_nnunet(image, engine, spec, timer, max_logits_bytes, progress)
     if engine.stitch_device is not None:
         return _predict_on_device(image, engine, spec, timer, max_logits_bytes, progress)
     image = np.ascontiguousarray(image.cpu().numpy() if hasattr(image, "cpu") else image, dtype=np.float32)
@@ -107,7 +118,7 @@ def _predict_on_device(image, engine: Engine, spec: ModelSpec, timer: StageTimer
         with timer.stage("inference"), torch.inference_mode():
             logits = sliding_window_inference(
                 image[None, :, :, :, lo:hi], spec.roi_size, engine.batch_size, predictor,
-                overlap=spec.overlap, mode="gaussian", padding_mode="constant", cval=background_value(spec.intensity),
+                overlap=spec.overlap, mode=spec.blend, padding_mode="constant", cval=background_value(spec.intensity),
                 sw_device=device, device=device)
         with timer.stage("argmax"):
             slab = logits[0].as_tensor() if hasattr(logits, "as_tensor") else logits[0]
@@ -128,6 +139,37 @@ def running_argmax(logits, dtype: np.dtype) -> np.ndarray:
         torch.maximum(best, logits[channel], out=best)
         labels.masked_fill_(better, channel)
     return labels.cpu().numpy().astype(dtype, copy=False)
+
+
+def _predict_labels_nnunet(image, engine: Engine, spec: ModelSpec, timer: StageTimer,
+                           max_logits_bytes: int, progress: bool) -> np.ndarray:
+    """nnU-Net's tiles and Gaussian (``nnunet_steps``), argmax per finished slab."""
+    import torch
+
+    from .nnunet_steps import sliding_window_nnunet
+
+    image = torch.as_tensor(image)
+    dtype = label_dtype(len(spec.labels))
+    labels = np.empty(image.shape[1:], dtype=dtype)
+    counter = Counter("inference", spec_windows(image.shape[1:], spec), enabled=progress)
+    argmax_ms = StageTimer()
+
+    def predictor(batch):
+        counter.step(len(batch))
+        return engine.infer_torch(batch).cpu()
+
+    def on_slab(start: int, logits) -> None:
+        with argmax_ms.stage("argmax"):
+            labels[..., start : start + logits.shape[-1]] = running_argmax(logits, dtype)
+
+    with timer.stage("inference"), torch.inference_mode():
+        sliding_window_nnunet(image, tuple(spec.roi_size), len(spec.labels), engine.batch_size, predictor, on_slab,
+                              max_logits_bytes)
+    counter.close()
+    # The argmax ran inside the inference stage (slab by slab): move its share to its own stage.
+    timer.timings["inference"] -= argmax_ms.timings.get("argmax", 0.0)
+    timer.timings["argmax"] = timer.timings.get("argmax", 0.0) + argmax_ms.timings.get("argmax", 0.0)
+    return labels
 
 
 def segment_volume(volume: Volume, engine: Engine, spec: ModelSpec, timings: dict | None = None,
@@ -151,7 +193,7 @@ def segment_volume(volume: Volume, engine: Engine, spec: ModelSpec, timings: dic
             verification = check(prepared.image, network_labels)
     with timer.stage("inverse_resample"):
         labels = labels_to_input_grid(network_labels, prepared.affine, volume.shape, volume.affine)
-    windows = count_windows(prepared.image.shape[1:], spec.roi_size, spec.overlap)
+    windows = spec_windows(prepared.image.shape[1:], spec)
     return Segmentation(Volume(labels, volume.affine.copy()), spec, timer.timings, windows, warnings, verification)
 
 

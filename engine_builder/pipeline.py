@@ -26,21 +26,21 @@ from .calibration import CalibrationSet, build_calibration_set
 from .errors import PTQError
 from .engines import open_engine, open_reference  # noqa: F401  (the public entry points live there)
 from .export import export_onnx
-from .files import file_sha256
+from .model_source import CustomModel, ModelSource, resolve
 from .models import get_spec
 from .progress import stage
 from .rewrite import subpixel_transposed_convolutions
 from .spec import ModelSpec
-from .weights import load_network, resolve_weights
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class BuildRequest:
-    """Everything that defines an engine. ``model`` is a registry name or a ModelSpec."""
+    """Everything that defines an engine. ``model`` is a registry name, a ModelSpec, or a user's model
+    (``model_source.CustomModel``: ONNX/TorchScript + spec file, MONAI bundle, nnU-Net folder)."""
 
-    model: str | ModelSpec
+    model: str | ModelSpec | CustomModel
     calib: str | Path | None = None
     weights: str | Path | None = None
     backend: str = "openvino"
@@ -62,6 +62,7 @@ class BuildRequest:
     progress: bool = True
 
     def resolved_spec(self) -> ModelSpec:
+        """The spec of a registry name or ModelSpec (a CustomModel's spec comes from ``model_source.resolve``)."""
         return self.model if isinstance(self.model, ModelSpec) else get_spec(self.model)
 
     def options(self) -> BuildOptions:
@@ -78,9 +79,11 @@ class BuildResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def check_request(request: BuildRequest):
-    """Validate what can be validated before any work: model, backend, precision, method, weights."""
-    spec = request.resolved_spec()
+def check_request(request: BuildRequest) -> tuple[ModelSource, object]:
+    """Validate what can be validated before any work: model (spec against graph, weights against network),
+    backend, precision, method. Returns the resolved model source and the backend."""
+    if not isinstance(request.model, CustomModel):
+        request.resolved_spec()  # an unknown registry name is the first thing to say
     backend = get_backend(request.backend)
     if request.precision not in backend.precisions:
         raise PTQError(f"backend {backend.name} builds {', '.join(backend.precisions)}, not '{request.precision}'")
@@ -101,24 +104,29 @@ def check_request(request: BuildRequest):
         raise PTQError(f"--min-agreement must be a fraction between 0 and 1, got {request.min_agreement}")
     if request.batch_size < 1:
         raise PTQError("--batch must be at least 1")
-    random_init = request.allow_random_weights and request.weights is None  # speed benchmarks only
-    weights_path = None if random_init else resolve_weights(spec, request.weights)
-    return spec, backend, weights_path
+    source = resolve(request.model, request.weights, request.batch_size, request.allow_random_weights)
+    if backend.name == "torch" and source.spec.graph_only:
+        raise PTQError("the torch backend needs a network definition PTQSegment knows, and a "
+                       f"{source.kind} model is a graph: use --backend openvino")
+    for note in source.notes:
+        log.warning("%s", note)
+    return source, backend
 
 
 def build_engine(request: BuildRequest, out: str | Path | None = None, cache_root: str | Path | None = None) -> BuildResult:
     """Build (or reuse from the cache) the engine described by ``request``; write it to ``out``."""
-    spec, backend, weights_path = check_request(request)
-    network = load_network(spec, weights_path)  # fails early on weights that do not fit
+    source, backend = check_request(request)
+    spec = source.spec
     cache_root = Path(cache_root) if cache_root else default_cache_root()
     calibration = None
     if request.precision == "int8" or request.calib is not None:
         calibration = build_calibration_set(request.calib, spec, request.patches_per_volume, seed=request.seed,
                                             cache_dir=cache_root / "calibration", progress=request.progress,
                                             sampling=request.sampling)
-    weights_sha256 = file_sha256(weights_path) if weights_path else None
     quantized = request.precision == "int8"
-    key = cache_key(weights=weights_sha256 or "random-init", spec=spec.fingerprint(),
+    model_key = source.files.get("weights", "random-init") if source.kind == "registry" else \
+        {"source": source.kind, "files": source.files}
+    key = cache_key(weights=model_key, spec=spec.fingerprint(),
                     calibration=calibration.set_hash if calibration else None,
                     method=request.method or backend.default_method, preset=request.preset or _default_preset(backend),
                     bias_correction=request.bias_correction, sampling=request.sampling, max_drop=request.max_drop,
@@ -135,8 +143,7 @@ def build_engine(request: BuildRequest, out: str | Path | None = None, cache_roo
                 copy_engine(candidate, target)
             log.info("engine cache hit: %s", candidate)
             return BuildResult(target, manifest, cache_hit=True)
-    weights = {"file": Path(weights_path).name if weights_path else None, "sha256": weights_sha256}
-    manifest, warnings = _build_into(target, request, spec, backend, network, weights, calibration, key)
+    manifest, warnings = _build_into(target, request, source, backend, calibration, key)
     if target != cached:
         copy_engine(target, cached)
     return BuildResult(target, manifest, cache_hit=False, warnings=warnings)
@@ -155,14 +162,15 @@ def _finished_engine(folder: Path) -> dict:
     return manifest
 
 
-def _build_into(target: Path, request: BuildRequest, spec: ModelSpec, backend, network, weights: dict,
+def _build_into(target: Path, request: BuildRequest, source: ModelSource, backend,
                 calibration: CalibrationSet | None, key: str) -> tuple[dict, list[str]]:
     started = time.perf_counter()
+    spec = source.spec
     tmp = temporary_dir_for(target)
     try:
         with tempfile.TemporaryDirectory(prefix="ptqseg-export-") as scratch:
             with stage("export"):
-                graph = fp32_graph(network, spec, Path(scratch), request.batch_size)
+                graph = with_subpixel_form(source.fp32_graph(scratch, request.batch_size), Path(scratch))
             options = request.options()
             with stage("quantize" if request.precision == "int8" else "compile"):
                 engine = backend.build(graph, calibration.patches if calibration else None, request.precision, options)
@@ -188,7 +196,8 @@ def _build_into(target: Path, request: BuildRequest, spec: ModelSpec, backend, n
             "batch_size": request.batch_size,
             "input_shape": [request.batch_size, spec.in_channels, *spec.roi_size],
             "input_name": "image",
-            "weights": weights,
+            "weights": _weights_record(source),
+            "source": source.record(),
             "calibration": _calibration_record(calibration, request, backend),
             "kept_in_float": engine.kept_in_float(),
             "files": files,
@@ -208,14 +217,23 @@ def _build_into(target: Path, request: BuildRequest, spec: ModelSpec, backend, n
     return manifest, assessment.warnings
 
 
-def fp32_graph(network, spec: ModelSpec, folder: Path, batch_size: int) -> FP32Graph:
-    """The network exported to ONNX, plus its sub-pixel form when it has transposed convolutions."""
-    onnx_path = export_onnx(network, folder / "fp32.onnx", spec.roi_size, spec.in_channels, batch_size)
-    rewritten, count = subpixel_transposed_convolutions(network)
-    subpixel = None
+def with_subpixel_form(graph: FP32Graph, folder: Path) -> FP32Graph:
+    """``graph`` plus the ONNX export of its sub-pixel form, when it has a torch network with transposed
+    convolutions (graph-only models keep their graph as it is)."""
+    if graph.network is None:
+        return graph
+    rewritten, count = subpixel_transposed_convolutions(graph.network)
     if count:
-        subpixel = export_onnx(rewritten, folder / "fp32_subpixel.onnx", spec.roi_size, spec.in_channels, batch_size)
-    return FP32Graph(spec, network, onnx_path, batch_size, subpixel)
+        graph.subpixel_onnx_path = export_onnx(rewritten, folder / "fp32_subpixel.onnx", graph.spec.roi_size,
+                                               graph.spec.in_channels, graph.batch_size)
+    return graph
+
+
+def _weights_record(source: ModelSource) -> dict:
+    """The manifest's ``weights``: the registry model's weights file (its name and SHA-256), else the source's."""
+    if source.kind == "registry":
+        return {"file": source.weights_path.name if source.weights_path else None, "sha256": source.files.get("weights")}
+    return {"file": None, "sha256": None, "source": source.kind}
 
 
 @dataclass
@@ -247,6 +265,13 @@ def torch_cuda_available() -> bool:
 
 def _default_preset(backend) -> str | None:
     return getattr(backend, "default_preset", None)
+
+
+def _weights_record(source: ModelSource) -> dict:
+    """The manifest's ``weights``: the registry model's weights file (its name and SHA-256), else the source's."""
+    if source.kind == "registry":
+        return {"file": source.weights_path.name if source.weights_path else None, "sha256": source.files.get("weights")}
+    return {"file": None, "sha256": None, "source": source.kind}
 
 
 def _calibration_record(calibration: CalibrationSet | None, request: BuildRequest, backend) -> dict | None:

@@ -1,14 +1,16 @@
 """Spec -> preprocessing (MONAI's, or its numpy equal), and its exact inverse for the predicted label map.
 
-Forward: reorient to the spec's axis codes, resample to the spec's spacing (linear), normalise intensities.
-Axis-aligned scans (all that are not oblique) take the numpy path of ``resample.py`` + the normalisation
-below, which computes what MONAI's ``Orientation``, ``Zoom`` and ``ScaleIntensityRange`` /
-``NormalizeIntensity(nonzero=True)`` compute (tested against them on real CTs) without importing torch or MONAI;
-oblique ones go through MONAI (``Spacing``'s grid sampling). Inverse: every voxel of the *input* grid takes the
-label of the nearest voxel of the network grid. The result therefore has exactly the input's shape and affine
-by construction, with no second resampling of the image. When the two grids differ only by axis permutation,
-flips and scaling (every reorient + respacing does), the nearest-voxel map is separable and costs one fancy
-index; an oblique pair of grids falls back to a slab-wise general mapping.
+Forward: reorient to the spec's axis codes (or keep the stored order), resample to the spec's spacing
+(linear), normalise intensities, then put the axes in the spec's ``axis_order``; specs with
+``pipeline="nnunet"`` go through nnU-Net's own steps instead (``nnunet_steps``). Axis-aligned scans (all that
+are not oblique) take the numpy path of ``resample.py`` + the normalisation below, which computes what MONAI's
+``Orientation``, ``Zoom`` and ``ScaleIntensityRange`` / ``NormalizeIntensity(nonzero=True)`` compute (tested
+against them on real CTs) without importing torch or MONAI; oblique ones go through MONAI (``Spacing``'s grid
+sampling). Inverse: every voxel of the *input* grid takes the label of the nearest voxel of the network grid.
+The result therefore has exactly the input's shape and affine by construction, with no second resampling of
+the image. When the two grids differ only by axis permutation, flips and scaling (every reorient + respacing
+does), the nearest-voxel map is separable and costs one fancy index; an oblique pair of grids falls back to a
+slab-wise general mapping.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 
 from .io import Volume
 from .resample import axis_codes, reorient, zoom_linear
-from .spec import Intensity, ModelSpec
+from .spec import STORED, Intensity, ModelSpec
 
 
 @dataclass
@@ -32,14 +34,26 @@ class Preprocessed:
 
 
 def preprocess(volume: Volume, spec: ModelSpec) -> Preprocessed:
-    """Reorient, resample to ``spec.spacing_mm`` and normalise ``volume``."""
-    if axis_codes(volume.affine) is None:
-        return preprocess_monai(volume, spec)
-    image, affine = reorient(np.asarray(volume.array, dtype=np.float32)[None], volume.affine, spec.orientation)
+    """Reorient, resample to ``spec.spacing_mm`` and normalise ``volume`` (numpy, MONAI for oblique grids, or
+    nnU-Net's steps for ``pipeline="nnunet"`` specs)."""
+    if spec.pipeline == "nnunet":
+        from .nnunet_steps import preprocess_nnunet
+
+        grid = preprocess_nnunet(volume.array, volume.affine, spec)
+        return Preprocessed(np.asarray(grid.image), grid.affine)
+    image = np.asarray(volume.array, dtype=np.float32)[None]
+    affine = volume.affine
+    if spec.orientation != STORED:
+        if axis_codes(affine) is None:
+            return preprocess_monai(volume, spec)
+        image, affine = reorient(image, affine, spec.orientation)
     current = np.linalg.norm(affine[:3, :3], axis=0)
     if not np.allclose(current, spec.spacing_mm, rtol=1e-3):
+        if _axis_permutation(affine[:3, :3]) != (0, 1, 2):
+            return preprocess_monai(volume, spec)
         image, affine = zoom_linear(image, affine, current / np.asarray(spec.spacing_mm))
-    return Preprocessed(normalize(np.ascontiguousarray(image, dtype=np.float32), spec.intensity), affine)
+    image = normalize(np.ascontiguousarray(image, dtype=np.float32), spec.intensity)
+    return _axis_order(image, affine, spec)
 
 
 def preprocess_monai(volume: Volume, spec: ModelSpec) -> Preprocessed:
@@ -54,9 +68,10 @@ def preprocess_monai(volume: Volume, spec: ModelSpec) -> Preprocessed:
     from monai.transforms import NormalizeIntensity, Orientation, ScaleIntensityRange, Spacing, Zoom
 
     image = MetaTensor(torch.from_numpy(np.asarray(volume.array, dtype=np.float32))[None], affine=torch.from_numpy(volume.affine))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # MONAI's notice about Orientation's label default
-        image = Orientation(axcodes=spec.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S")))(image)
+    if spec.orientation != STORED:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # MONAI's notice about Orientation's label default
+            image = Orientation(axcodes=spec.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S")))(image)
     linear = image.affine.numpy()[:3, :3]
     current = np.linalg.norm(linear, axis=0)
     if not np.allclose(current, spec.spacing_mm, rtol=1e-3):
@@ -66,36 +81,61 @@ def preprocess_monai(volume: Volume, spec: ModelSpec) -> Preprocessed:
             image = Spacing(pixdim=spec.spacing_mm, mode="bilinear", padding_mode="border")(image)
     affine = image.affine.numpy().astype(np.float64)
     intensity = spec.intensity
+    data = image.as_tensor().float()
     if intensity.kind == "window":
-        normalised = ScaleIntensityRange(intensity.a_min, intensity.a_max, intensity.b_min, intensity.b_max, clip=True)
+        data = ScaleIntensityRange(intensity.a_min, intensity.a_max, intensity.b_min, intensity.b_max, clip=True)(data)
+    elif intensity.kind == "zscore":
+        data = NormalizeIntensity(nonzero=True)(data)
     else:
-        normalised = NormalizeIntensity(nonzero=True)
-    return Preprocessed(np.ascontiguousarray(normalised(image.as_tensor().float()).numpy()), affine)
+        return _axis_order(normalize(np.ascontiguousarray(data.numpy()), intensity), affine, spec)
+    return _axis_order(np.ascontiguousarray(data.numpy()), affine, spec)
+
+
+def _axis_order(image: np.ndarray, affine: np.ndarray, spec: ModelSpec) -> Preprocessed:
+    """Put the network grid's axes in the spec's ``axis_order`` (affine columns follow)."""
+    if tuple(spec.axis_order) != (0, 1, 2):
+        order = list(spec.axis_order)
+        image, affine = np.ascontiguousarray(image.transpose(0, *[a + 1 for a in order])), affine[:, order + [3]]
+    return Preprocessed(image, np.asarray(affine, dtype=np.float64))
 
 
 def normalize(image: np.ndarray, intensity: Intensity) -> np.ndarray:
-    """Intensity normalisation of the spec, in float32 as MONAI computes it (in place where it can)."""
+    """Intensity normalisation of the spec, in float32 as MONAI computes it (in place where it can); nnU-Net's
+    schemes through ``nnunet_steps``."""
     if intensity.kind == "window":
         image -= np.float32(intensity.a_min)
         image /= np.float32(intensity.a_max - intensity.a_min)
         image *= np.float32(intensity.b_max - intensity.b_min)
         image += np.float32(intensity.b_min)
         return np.clip(image, intensity.b_min, intensity.b_max, out=image)
-    nonzero = image != 0
-    values = image[nonzero]
-    if values.size:
-        std = float(values.std())
-        image[nonzero] = (values - np.float32(values.mean())) / np.float32(std if std != 0.0 else 1.0)
-    return image
+    if intensity.kind == "zscore":
+        nonzero = image != 0
+        values = image[nonzero]
+        if values.size:
+            std = float(values.std())
+            image[nonzero] = (values - np.float32(values.mean())) / np.float32(std if std != 0.0 else 1.0)
+        return image
+    from scipy.ndimage import binary_fill_holes
+
+    from .nnunet_steps import normalize_nnunet
+
+    masks = [binary_fill_holes(channel != 0) for channel in image]
+    return np.stack([normalize_nnunet(c, m, intensity) for c, m in zip(image, masks)]).astype(np.float32)
 
 
 def background_value(intensity: Intensity) -> float:
     """The normalised value of air/empty space: used to pad patches and small volumes."""
-    return float(intensity.b_min) if intensity.kind == "window" else 0.0
+    if intensity.kind == "window":
+        return float(intensity.b_min)
+    if intensity.kind == "ct_clip_zscore":
+        return float((intensity.a_min - intensity.mean) / intensity.std)
+    return 0.0
 
 
 def foreground_threshold(intensity: Intensity) -> float:
     """Normalised value above which a voxel is body rather than air (-500 HU for CT windows)."""
+    if intensity.kind == "ct_clip_zscore":
+        return float((np.clip(-500.0, intensity.a_min, intensity.a_max) - intensity.mean) / intensity.std)
     return normalised_hu(-500.0, intensity) if intensity.kind == "window" else 0.0
 
 

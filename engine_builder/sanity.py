@@ -91,4 +91,4 @@ def check_memory(volume: Volume, spec: ModelSpec, name: str, memory_budget: int 
 
 def background_intensity(spec: ModelSpec) -> float:
     """The raw intensity that means "nothing here": the window's lower end for CT (air), 0 for z-scored MR."""
-    return float(spec.intensity.a_min) if spec.intensity.kind == "window" else 0.0
+    return float(spec.intensity.a_min) if spec.intensity.kind in ("window", "ct_clip_zscore") else 0.0

@@ -1,9 +1,11 @@
 """ModelSpec: everything about a segmentation model that is data, not code.
 
-A spec names the network (a MONAI class and its constructor arguments), the patch the network sees
-(ROI size in voxels, target spacing in mm, orientation), how intensities are normalised, the labels
-(name, colour, optional terminology) and where pretrained weights come from. Preprocessing, export,
-calibration, the engine manifest and the Slicer segment table are all derived from it.
+A spec names the network (an allow-listed class and its constructor arguments, or ``""`` for a user's own
+graph that travels as ONNX), the patch the network sees (ROI size in voxels, target spacing in mm,
+orientation, axis order), how intensities are normalised, the labels (name, colour, optional terminology),
+where pretrained weights come from and which preprocessing/sliding-window flavour reproduces the tool the
+model was trained with (``pipeline``: MONAI's, or nnU-Net's). Preprocessing, export, calibration, the engine
+manifest and the Slicer segment table are all derived from it.
 """
 
 from __future__ import annotations
@@ -18,8 +20,19 @@ from .architectures import is_allowed, network_class
 from .errors import PTQError
 from .schema import Fields, plain_json
 
-INTENSITY_KINDS = ("window", "zscore")
+INTENSITY_KINDS = ("window", "zscore", "ct_clip_zscore", "nnunet_zscore", "none")
 WEIGHTS_KINDS = ("packaged", "monai_bundle", "none")
+#: Where a spec came from. Graph sources carry the network as a graph file only (architecture "").
+SOURCE_KINDS = ("registry", "onnx", "torchscript", "bundle", "nnunet")
+GRAPH_SOURCES = ("onnx", "torchscript")
+#: ``monai``: reorient, trilinear resampling, MONAI's sliding window. ``nnunet``: nnU-Net v2's own steps
+#: (crop to the non-zero box, order-3 spline resampling with separate z for anisotropic data, its tile
+#: positions and Gaussian), for models trained with nnU-Net.
+PIPELINES = ("monai", "nnunet")
+#: ``orientation`` value meaning "as stored in the file, no reorientation" (what nnU-Net does).
+STORED = "stored"
+#: How overlapping sliding windows are blended (MONAI ``BlendMode``; nnU-Net's pipeline is always Gaussian).
+BLEND_MODES = ("gaussian", "constant")
 _AXES = ("LR", "PA", "IS")
 
 
@@ -51,7 +64,13 @@ class Intensity:
     """Intensity normalisation.
 
     ``kind="window"``: clip to [a_min, a_max] (HU for CT) and scale linearly to [b_min, b_max].
-    ``kind="zscore"``: subtract the mean and divide by the standard deviation of the non-zero voxels (MR).
+    ``kind="zscore"``: subtract the mean and divide by the standard deviation of the non-zero voxels (MR; MONAI's
+    ``NormalizeIntensity(nonzero=True)``).
+    ``kind="ct_clip_zscore"``: clip to [a_min, a_max] (nnU-Net: the dataset's 0.5 and 99.5 foreground percentiles,
+    HU), subtract ``mean`` and divide by ``std`` (the dataset's foreground statistics, HU): nnU-Net's CT scheme.
+    ``kind="nnunet_zscore"``: nnU-Net's per-image z-score, over the whole (cropped) image, or with ``use_mask`` over
+    its hole-filled non-zero region only (voxels outside keep their value).
+    ``kind="none"``: intensities as read.
     """
 
     kind: str = "window"
@@ -59,10 +78,13 @@ class Intensity:
     a_max: float = 1000.0
     b_min: float = 0.0
     b_max: float = 1.0
+    mean: float = 0.0
+    std: float = 1.0
+    use_mask: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in INTENSITY_KINDS:
-            raise PTQError(f"unknown intensity normalisation '{self.kind}': use 'window' or 'zscore'")
+            raise PTQError(f"unknown intensity normalisation '{self.kind}': use one of {', '.join(INTENSITY_KINDS)}")
 
 
 @dataclass(frozen=True)
@@ -97,6 +119,11 @@ class ModelSpec:
     weights: WeightsSource = field(default_factory=WeightsSource)
     modality: str = "CT"
     clinical_use: bool = False
+    source: str = "registry"
+    in_channels: int = 1
+    pipeline: str = "monai"
+    axis_order: tuple[int, int, int] = (0, 1, 2)
+    blend: str = "gaussian"
 
     def __post_init__(self) -> None:
         values = [label.value for label in self.labels]
@@ -106,6 +133,13 @@ class ModelSpec:
             raise PTQError(
                 f"model '{self.name}': the network has {self.out_channels} output channels but {len(self.labels)} labels"
             )
+        declared = dict(self.arch_args).get("in_channels", self.in_channels)
+        if declared != self.in_channels:
+            raise PTQError(f"model '{self.name}': in_channels {self.in_channels} but the network takes {declared}")
+        if (self.architecture == "") != (self.source in GRAPH_SOURCES):
+            raise PTQError(f"model '{self.name}': only a graph source ({', '.join(GRAPH_SOURCES)}) has no architecture")
+        if sorted(self.axis_order) != [0, 1, 2]:
+            raise PTQError(f"model '{self.name}': axis_order {self.axis_order} is not a permutation of 0, 1, 2")
 
     @property
     def out_channels(self) -> int:
@@ -113,8 +147,9 @@ class ModelSpec:
         return int(args.get("out_channels", len(self.labels)))
 
     @property
-    def in_channels(self) -> int:
-        return int(dict(self.arch_args).get("in_channels", 1))
+    def graph_only(self) -> bool:
+        """True when the network exists only as a graph file (a user's ONNX or TorchScript model)."""
+        return self.source in GRAPH_SOURCES
 
     @property
     def label_names(self) -> list[str]:
@@ -122,10 +157,22 @@ class ModelSpec:
 
     def build_network(self):
         """Instantiate the torch network (random weights), in eval mode; only allow-listed architectures."""
+        if self.graph_only:
+            raise PTQError(f"model '{self.name}' is a {self.source} graph, not a network definition PTQSegment knows: "
+                           "the torch backend cannot run it; use --backend openvino")
         return network_class(self.architecture)(**_plain(self.arch_args)).eval()
 
     def to_dict(self) -> dict:
-        return _plain(dataclasses.asdict(self))
+        """JSON form. Fields added after format 2 are left out at their defaults, so registry specs keep their
+        manifests and fingerprints (cache keys) byte for byte."""
+        data = _plain(dataclasses.asdict(self))
+        for key, default in _OPTIONAL_SPEC_FIELDS.items():
+            if data[key] == _plain(default):
+                del data[key]
+        for key, default in _OPTIONAL_INTENSITY_FIELDS.items():
+            if data["intensity"][key] == default:
+                del data["intensity"][key]
+        return data
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "model spec", hint: str = "") -> "ModelSpec":
@@ -136,19 +183,33 @@ class ModelSpec:
         """
         fields = data if isinstance(data, Fields) else Fields(data, where, hint)
         fields.only(f.name for f in dataclasses.fields(cls))
+        source = fields.string("source", SOURCE_KINDS, required=False, default="registry")
         architecture = fields.string("architecture")
-        if not is_allowed(architecture):
+        if source in GRAPH_SOURCES:
+            if architecture != "":
+                fields.fail(f"must be empty for a {source} graph (its network is the graph file), not {architecture!r}",
+                            "architecture")
+        elif not is_allowed(architecture):
             fields.fail(f"names {architecture!r}, which is not an allow-listed network architecture", "architecture")
         arch_args = fields.object("arch_args")
+        if source in GRAPH_SOURCES and arch_args.data:
+            fields.fail(f"must be empty for a {source} graph", "arch_args")
         labels = tuple(_label_from(item) for item in fields.objects("labels", 2, 4096))
         if [label.value for label in labels] != list(range(len(labels))):
             fields.fail("must have values 0..N-1 in order", "labels")
         out_channels = arch_args.data.get("out_channels", len(labels))
         if out_channels != len(labels):
             fields.fail(f"has {len(labels)} labels but the network has {out_channels} output channels", "labels")
+        in_channels = fields.integer("in_channels", 1, 64, required=False, default=arch_args.data.get("in_channels", 1))
+        if arch_args.data.get("in_channels", in_channels) != in_channels:
+            fields.fail(f"is {in_channels} but the network takes {arch_args.data['in_channels']}", "in_channels")
         orientation = fields.string("orientation", required=False, default="RAS")
-        if sorted(next((i for i, pair in enumerate(_AXES) if c in pair), -1) for c in orientation) != [0, 1, 2]:
-            fields.fail(f"is {orientation!r}, not three axis codes such as 'RAS' or 'LPS'", "orientation")
+        if orientation != STORED and \
+                sorted(next((i for i, pair in enumerate(_AXES) if c in pair), -1) for c in orientation) != [0, 1, 2]:
+            fields.fail(f"is {orientation!r}, not three axis codes such as 'RAS' or 'LPS', or '{STORED}'", "orientation")
+        axis_order = fields.integers("axis_order", 3, 0, 2) if fields.has("axis_order") else (0, 1, 2)
+        if sorted(axis_order) != [0, 1, 2]:
+            fields.fail(f"is {list(axis_order)}, not a permutation of 0, 1, 2", "axis_order")
         return cls(
             name=fields.string("name", plain_name=True),
             description=fields.string("description", required=False, default=""),
@@ -163,6 +224,11 @@ class ModelSpec:
             weights=_weights_from(fields.object("weights", required=False)),
             modality=fields.string("modality", required=False, default="CT", max_length=32),
             clinical_use=fields.boolean("clinical_use", required=False, default=False),
+            source=source,
+            in_channels=in_channels,
+            pipeline=fields.string("pipeline", PIPELINES, required=False, default="monai"),
+            axis_order=axis_order,
+            blend=fields.string("blend", BLEND_MODES, required=False, default="gaussian"),
         )
 
     def fingerprint(self) -> str:
@@ -182,9 +248,12 @@ def _intensity_from(fields: Fields) -> Intensity:
     fields.only(f.name for f in dataclasses.fields(Intensity))
     intensity = Intensity(kind=fields.string("kind", INTENSITY_KINDS),
                           **{k: fields.number(k, required=False, default=getattr(Intensity, k))
-                             for k in ("a_min", "a_max", "b_min", "b_max")})
-    if intensity.kind == "window" and not intensity.a_min < intensity.a_max:
+                             for k in ("a_min", "a_max", "b_min", "b_max", "mean", "std")},
+                          use_mask=fields.boolean("use_mask", required=False, default=False))
+    if intensity.kind in ("window", "ct_clip_zscore") and not intensity.a_min < intensity.a_max:
         fields.fail(f"has a_min {intensity.a_min} >= a_max {intensity.a_max}", "a_min")
+    if intensity.kind == "ct_clip_zscore" and not intensity.std > 0:
+        fields.fail(f"is {intensity.std}, must be above 0", "std")
     return intensity
 
 
@@ -199,6 +268,12 @@ def _weights_from(fields: Fields | None) -> WeightsSource:
         fields.fail(f"is {path!r}: a weights path must stay inside its package or bundle", "path")
     return WeightsSource(kind=kind, name=fields.string("name", required=False, default="", plain_name=False, max_length=256),
                          path=path, sha256=fields.string("sha256", required=False, default="", max_length=64))
+
+
+# Fields added after engine format 2, left out of ``to_dict`` at these defaults (see ``ModelSpec.to_dict``).
+_OPTIONAL_SPEC_FIELDS = {"source": "registry", "in_channels": 1, "pipeline": "monai", "axis_order": (0, 1, 2),
+                         "blend": "gaussian"}
+_OPTIONAL_INTENSITY_FIELDS = {"mean": 0.0, "std": 1.0, "use_mask": False}
 
 
 def _plain(value: Any) -> Any:

@@ -4,6 +4,11 @@ Understands the wrappers that common checkpoints put around a state dict (MONAI 
 ``model.pt``, Lightning/Ignite ``{"state_dict": ...}`` or ``{"model": ...}``, nnU-Net v2's
 ``{"network_weights": ...}``) and DataParallel's ``module.`` prefix. A mismatch with the architecture names
 the missing and unexpected keys.
+
+nnU-Net (v1 ``.model``, v2 ``checkpoint_final.pth``) and STU-Net checkpoints keep their training logs beside the
+weights as numpy scalars (``numpy.float32`` losses and Dice values), which ``weights_only`` refuses by default.
+``CHECKPOINT_GLOBALS`` allow-lists exactly what rebuilds those values: numpy's scalar and dtype constructors (under
+their numpy 2 and numpy 1 names) and the dtype classes. None of them runs code: they turn bytes into a number.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import PTQError
@@ -36,39 +42,67 @@ def resolve_weights(spec: ModelSpec, weights: str | os.PathLike | None = None, d
             raise PTQError(f"model '{spec.name}': its packaged weights {path.name} are missing from this installation; reinstall or pass --weights FILE")
         return path
     if source.kind == "monai_bundle":
-        return _download_bundle(spec, download_dir)
+        return find_bundle(spec, download_dir) / source.path
     raise PTQError(f"model '{spec.name}' has no pretrained weights: pass --weights FILE (a state dict for {spec.architecture})")
 
 
-def _download_bundle(spec: ModelSpec, download_dir) -> Path:
-    """Download a MONAI model-zoo bundle (needs internet) and return the weights file inside it."""
-    from monai.bundle import download
+def find_bundle(spec: ModelSpec, bundle_dir: str | os.PathLike | None = None) -> Path:
+    """The folder of ``spec``'s MONAI model-zoo bundle: found in the bundle cache (``<cache>/bundles/<name>``,
+    put there by hand behind a proxy, or by an earlier download) or downloaded with ``monai.bundle`` (needs internet)."""
+    from .artifact import default_cache_root
 
-    bundle_dir = Path(download_dir or Path.home() / ".cache" / "ptqsegment" / "bundles")
-    target = bundle_dir / spec.weights.name / spec.weights.path
+    bundle_root = Path(bundle_dir or default_cache_root() / "bundles")
+    folder = bundle_root / spec.weights.name
+    target = folder / spec.weights.path
     if not target.is_file():
+        from monai.bundle import download
+
         try:
-            download(name=spec.weights.name, bundle_dir=str(bundle_dir), progress=True)
+            download(name=spec.weights.name, bundle_dir=str(bundle_root), progress=True)
         except Exception as exc:  # network errors come in many types
-            raise PTQError(f"model '{spec.name}': cannot download MONAI bundle '{spec.weights.name}' ({type(exc).__name__}); "
-                           "connect to the internet or pass --weights FILE") from None
+            raise PTQError(f"model '{spec.name}': MONAI bundle '{spec.weights.name}' is not in {bundle_root} and cannot be "
+                           f"downloaded ({type(exc).__name__}); put the bundle folder there, pass --bundle FOLDER|ZIP, "
+                           "or pass --weights FILE") from None
     if not target.is_file():
         raise PTQError(f"MONAI bundle '{spec.weights.name}' has no {spec.weights.path}")
     if spec.weights.sha256 and file_sha256(target) != spec.weights.sha256:
         raise PTQError(f"MONAI bundle '{spec.weights.name}': {spec.weights.path} does not match the expected checksum")
-    return target
+    return folder
+
+
+def _checkpoint_globals() -> list:
+    """numpy scalar/dtype reconstruction, under numpy 2 (``numpy._core``) and numpy 1 (``numpy.core``) names."""
+    from numpy._core.multiarray import scalar
+
+    dtype_classes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")
+                     and not name.startswith(("Object", "Void", "String", "Str", "Bytes"))]
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtype_classes]
+
+
+def load_checkpoint(path: str | os.PathLike):
+    """``torch.load(weights_only=True)`` with numpy's scalars allow-listed (see the module docstring): tensors,
+    containers, plain Python values and numpy numbers load; any other object refuses the whole file unread."""
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(_checkpoint_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise PTQError(f"{path.name} is not a plain state dict (it holds Python objects that would have to be unpickled: "
+                       f"{_unpickle_reason(exc)}); save it with torch.save(model.state_dict(), file)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise PTQError(f"{path.name} cannot be read as a PyTorch checkpoint ({str(exc).splitlines()[0][:120]})") from None
+
+
+def _unpickle_reason(exc: Exception) -> str:
+    """torch's refusal names the global it would not load: keep that line, not the multi-paragraph advice."""
+    lines = [line.strip() for line in str(exc).splitlines() if "Unsupported global" in line or "GLOBAL" in line]
+    return (lines[0] if lines else str(exc).splitlines()[0])[:160]
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A plain ``{name: tensor}`` dict from a checkpoint, refusing anything that needs unpickling code."""
     path = Path(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise PTQError(f"{path.name} is not a plain state dict (it holds Python objects that would have to be unpickled: "
-                       f"{str(exc).splitlines()[0][:120]}); save it with torch.save(model.state_dict(), file)") from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise PTQError(f"{path.name} cannot be read as a PyTorch checkpoint ({str(exc).splitlines()[0][:120]})") from None
+    checkpoint = load_checkpoint(path)
     for key in _WRAPPER_KEYS:
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
             checkpoint = checkpoint[key]

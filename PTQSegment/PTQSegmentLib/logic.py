@@ -34,6 +34,8 @@ from .process import CANCEL_GRACE_S, PtqsegProcess, pythonExecutable
 
 #: The model choice that means "a weights file for one of the registry's architectures".
 CUSTOM_MODEL = "custom"
+#: Kinds of a user's own model ("Custom model…"): file or folder, as ``ptqseg build --onnx/--torchscript/--bundle/--nnunet``.
+CUSTOM_SOURCE_KINDS = ("onnx", "torchscript", "bundle", "nnunet")
 #: Precisions the panel offers; which ones a backend builds here comes from ``capabilities()``.
 PRECISIONS = ("int8", "fp32", "fp16", "bf16")
 #: Seconds to wait for ``ptqseg capabilities`` (it imports torch, OpenVINO and TensorRT: seconds, more from a cold disk).
@@ -216,16 +218,23 @@ class PTQSegmentLogic:
 
     def checkBuildInputs(self, modelName: str, weightsPath: str | Path | None = None, calibrationFolder: str | Path | None = None,
                          useSceneVolumes: bool = False, backend: str = AUTO_BACKEND, precision: str = "int8",
-                         capabilities: dict | None = None) -> str:
+                         capabilities: dict | None = None, customModel: dict | None = None) -> str:
         """Raise ``InputError`` for a build that cannot work; return the backend it will use.
 
         ``capabilities`` defaults to ``capabilities()`` (asked through a child process once per session).
+        ``customModel``: a user's own model instead of ``modelName``, ``{"kind": "onnx"|"torchscript"|"bundle"|"nnunet",
+        "path": file or folder, "specFile": spec file (ONNX, TorchScript), "folds": ["0", ...] (nnU-Net)}``.
         """
-        spec = self._spec(modelName)
         capabilities = self.capabilities() if capabilities is None else capabilities
         resolved = self.resolveBackend(backend, capabilities)
         self._checkBackend(resolved, precision, capabilities)
-        self._checkWeights(spec, chosenPath(weightsPath))
+        if customModel is not None:
+            self._checkCustomModel(customModel)
+            if resolved == "torch" and customModel["kind"] in ("onnx", "torchscript"):
+                raise InputError("The torch backend runs only networks PTQSegment knows: choose openvino for an ONNX or "
+                                 "TorchScript model.")
+        else:
+            self._checkWeights(self._spec(modelName), chosenPath(weightsPath))
         if precision == "int8":
             self._checkCalibration(chosenPath(calibrationFolder), useSceneVolumes)
         return resolved
@@ -240,6 +249,24 @@ class PTQSegmentLogic:
             return get_spec(modelName)
         except PTQError as exc:
             raise InputError(f"Model: {exc}.") from None
+
+    @staticmethod
+    def _checkCustomModel(customModel: dict) -> None:
+        kind, path = customModel.get("kind"), customModel.get("path")
+        if kind not in CUSTOM_SOURCE_KINDS:
+            raise InputError(f"Custom model kind '{kind}' is not one of {', '.join(CUSTOM_SOURCE_KINDS)}.")
+        if not path or not Path(path).exists():
+            raise InputError(f"Custom model {path or '(none)'} not found: choose the {kind} file or folder.")
+        if kind in ("onnx", "torchscript") and not (customModel.get("specFile") and Path(customModel["specFile"]).is_file()):
+            raise InputError(f"A {kind} model needs its spec file (ROI, spacing, intensity, labels): choose a .json file.")
+
+    @staticmethod
+    def _customArguments(customModel: dict) -> list[str]:
+        """``ptqseg build`` arguments for a custom model."""
+        arguments = [f"--{customModel['kind']}", str(customModel["path"])]
+        arguments += ["--spec", str(customModel["specFile"])] if customModel.get("specFile") else []
+        arguments += ["--fold", *map(str, customModel["folds"])] if customModel.get("folds") else []
+        return arguments + (["--mirror"] if customModel.get("mirror") else [])
 
     @staticmethod
     def _checkBackend(backend: str, precision: str, capabilities: dict) -> None:
@@ -305,7 +332,8 @@ class PTQSegmentLogic:
     # ---------------------------------------------------------------------------------------------- building
     def buildEngine(self, modelName: str, calibrationFolder: str | Path | None = None, weightsPath: str | Path | None = None,
                     backend: str = AUTO_BACKEND, precision: str = "int8", patchesPerVolume: int = 8,
-                    useSceneVolumes: bool = False, background: bool = False) -> EngineRecord | Job:
+                    useSceneVolumes: bool = False, background: bool = False,
+                    customModel: dict | None = None) -> EngineRecord | Job:
         """Calibrate and build (or reuse from the cache) an engine, in a ``ptqseg build`` child process.
 
         Args:
@@ -315,13 +343,16 @@ class PTQSegmentLogic:
             patchesPerVolume: calibration patches drawn from each volume.
             background: False waits for the child and returns the ``EngineRecord``; True returns the running ``Job``
                 at once (then ``finishBuild(job)``).
+            customModel: a user's own model instead of ``modelName`` (see ``checkBuildInputs``).
         """
         weightsPath, calibrationFolder = chosenPath(weightsPath), chosenPath(calibrationFolder)
-        resolved = self.checkBuildInputs(modelName, weightsPath, calibrationFolder, useSceneVolumes, backend, precision)
+        resolved = self.checkBuildInputs(modelName, weightsPath, calibrationFolder, useSceneVolumes, backend, precision,
+                                         customModel=customModel)
         workDir = self._newWorkDir("build")
         try:
             calibration = self._writeSceneVolumes(workDir / "calibration") if useSceneVolumes else calibrationFolder
-            arguments = ["build", "--model", modelName, "--backend", resolved, "--precision", precision,
+            source = self._customArguments(customModel) if customModel else ["--model", modelName]
+            arguments = ["build", *source, "--backend", resolved, "--precision", precision,
                          "--patches", str(int(patchesPerVolume)), "--device", deviceFor(resolved, precision),
                          "--cache", str(self.cacheRoot)]  # the engine is written once, into the cache
             arguments += ["--calib", str(calibration)] if calibration and precision == "int8" else []
