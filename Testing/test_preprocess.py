@@ -38,7 +38,7 @@ def _column_spacing(affine):
 def test_output_grid_has_spec_spacing_and_orientation(seed):
     volume, _ = _phantom(seed)
     prepared = preprocess(volume, DEMO)
-    assert prepared.image.shape[0] == 1 and prepared.image.dtype.is_floating_point
+    assert prepared.image.shape[0] == 1 and prepared.image.dtype == np.float32
     np.testing.assert_allclose(_column_spacing(prepared.affine), DEMO.spacing_mm, rtol=1e-5)
     assert "".join(nib.aff2axcodes(prepared.affine)) == DEMO.orientation
     # Positive diagonal: RAS storage, whatever the input's storage order was.
@@ -56,7 +56,7 @@ def test_same_spacing_lps_input_is_only_flipped_and_windowed():
     prepared = preprocess(Volume(hu, affine), DEMO)
     flipped = hu[::-1, ::-1, :] if affine[2, 2] > 0 else hu[::-1, ::-1, ::-1]
     expected = np.clip((flipped.astype(np.float64) + 1000.0) / 2000.0, 0.0, 1.0)
-    np.testing.assert_allclose(prepared.image[0].numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(prepared.image[0], expected, atol=1e-6)
     # The affine maps the same world points: network voxel 0 is input voxel (39, 35, 0).
     np.testing.assert_allclose(prepared.affine[:3, 3], (affine @ [39, 35, 0, 1])[:3], atol=1e-4)
 
@@ -69,7 +69,7 @@ def test_intensity_helpers():
     spec = dataclasses.replace(DEMO, intensity=zscore, spacing_mm=(4.0, 4.0, 6.0))
     volume, _ = _phantom(7)
     shifted = Volume(volume.array.astype(np.float32) + 1000.0, volume.affine)  # MR-like: air is 0
-    image = preprocess(shifted, spec).image[0].numpy()
+    image = preprocess(shifted, spec).image[0]
     nonzero = image[image != 0]
     assert nonzero.size > 0.3 * image.size
     assert abs(float(nonzero.mean())) < 0.05 and abs(float(nonzero.std()) - 1.0) < 0.05
@@ -80,7 +80,7 @@ def test_intensity_helpers():
 def test_labels_back_on_input_grid_agree_with_thresholding_the_original(seed, shape, spacing):
     volume, _ = _phantom(seed, shape, spacing)
     prepared = preprocess(volume, DEMO)
-    network_labels = (prepared.image[0].numpy() > foreground_threshold(DEMO.intensity)).astype(np.uint8)
+    network_labels = (prepared.image[0] > foreground_threshold(DEMO.intensity)).astype(np.uint8)
     back = labels_to_input_grid(network_labels, prepared.affine, volume.shape, volume.affine)
     assert back.shape == volume.shape and back.dtype == np.uint8
     truth = volume.array > -500
@@ -153,7 +153,7 @@ def test_oblique_input_round_trips():
     assert "".join(nib.aff2axcodes(prepared.affine)) == "RAS"
     directions = prepared.affine[:3, :3] / _column_spacing(prepared.affine)
     assert np.abs(directions - np.eye(3)).max() > 0.1  # still oblique: not resampled onto world axes
-    network_labels = (prepared.image[0].numpy() > foreground_threshold(DEMO.intensity)).astype(np.uint8)
+    network_labels = (prepared.image[0] > foreground_threshold(DEMO.intensity)).astype(np.uint8)
     back = labels_to_input_grid(network_labels, prepared.affine, volume.shape, volume.affine)
     assert back.shape == volume.shape
     agreement = float((back.astype(bool) == (hu > -500)).mean())

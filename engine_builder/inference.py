@@ -79,15 +79,25 @@ def predict_labels(image, engine: Engine, spec: ModelSpec, timer: StageTimer,
     core = depth if in_flight * depth <= max_logits_bytes else \
         max(spec.roi_size[2], max_logits_bytes // in_flight - 2 * margin)
     labels = np.empty(image.shape[1:], dtype=label_dtype(n_classes))
+    argmax = StageTimer()
     with timer.stage("inference"):
         for start in range(0, depth, core):
             stop = min(start + core, depth)
             lo, hi = (max(start - margin, 0), min(stop + margin, depth)) if core < depth else (0, depth)
             slab = segment_image(np.ascontiguousarray(image[..., lo:hi]), engine.infer, spec.roi_size, spec.overlap,
-                                 n_classes, engine.batch_size, background_value(spec.intensity), labels.dtype, counter)
+                                 n_classes, engine.batch_size, background_value(spec.intensity), labels.dtype, counter,
+                                 argmax_timer=argmax)
             labels[..., start:stop] = slab[..., start - lo : stop - lo]
     counter.close()
+    _move_stage(timer, argmax, "argmax", "inference")
     return labels
+
+
+def _move_stage(timer: StageTimer, inner: StageTimer, name: str, outer: str) -> None:
+    """Report the time ``inner`` measured as ``name`` inside ``outer`` as its own stage."""
+    spent = inner.timings.get(name, 0.0)
+    timer.timings[outer] = timer.timings.get(outer, 0.0) - spent
+    timer.timings[name] = timer.timings.get(name, 0.0) + spent
 
 
 def _predict_on_device(image, engine: Engine, spec: ModelSpec, timer: StageTimer, max_logits_bytes: int,
@@ -166,9 +176,7 @@ def _predict_labels_nnunet(image, engine: Engine, spec: ModelSpec, timer: StageT
         sliding_window_nnunet(image, tuple(spec.roi_size), len(spec.labels), engine.batch_size, predictor, on_slab,
                               max_logits_bytes)
     counter.close()
-    # The argmax ran inside the inference stage (slab by slab): move its share to its own stage.
-    timer.timings["inference"] -= argmax_ms.timings.get("argmax", 0.0)
-    timer.timings["argmax"] = timer.timings.get("argmax", 0.0) + argmax_ms.timings.get("argmax", 0.0)
+    _move_stage(timer, argmax_ms, "argmax", "inference")  # the argmax ran inside the inference stage, slab by slab
     return labels
 
 

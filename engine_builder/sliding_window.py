@@ -50,11 +50,12 @@ def count_windows(shape, roi, overlap: float) -> int:
 
 def segment_image(image: np.ndarray, infer: Callable[[np.ndarray], np.ndarray], roi, overlap: float, n_classes: int,
                   batch_size: int = 1, pad_value: float = 0.0, label_dtype=np.uint8, progress: Counter | None = None,
-                  on_window: Callable[[tuple, np.ndarray], None] | None = None) -> np.ndarray:
+                  on_window: Callable[[tuple, np.ndarray], None] | None = None, argmax_timer=None) -> np.ndarray:
     """Labels (X, Y, Z) of a preprocessed (C, X, Y, Z) float32 image.
 
     ``infer(batch (b, C, *roi)) -> logits (b, n_classes, *roi)``; the logits may be a buffer the next call
-    overwrites (they are consumed at once).
+    overwrites (they are consumed at once). ``argmax_timer`` (a ``timing.StageTimer``) times the argmax as stage
+    ``argmax``.
     """
     shape = image.shape[1:]
     pads = [(max(r - s, 0) // 2, max(r - s, 0) - max(r - s, 0) // 2) for s, r in zip(shape, roi)]
@@ -81,7 +82,11 @@ def segment_image(image: np.ndarray, infer: Callable[[np.ndarray], np.ndarray], 
             progress.step(len(group))
         following = starts[i + batch_size][0] if i + batch_size < len(starts) else padded[0]
         if following > done:
-            _finish(ring, labels, done, following, span)
+            if argmax_timer is None:
+                _finish(ring, labels, done, following, span)
+            else:
+                with argmax_timer.stage("argmax"):
+                    _finish(ring, labels, done, following, span)
             done = following
     crop = tuple(slice(before, before + s) for (before, _), s in zip(pads, shape))
     return labels[crop]
