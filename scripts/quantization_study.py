@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import statistics
 import sys
@@ -106,6 +107,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "quantization_study")
     parser.add_argument("--settings", nargs="*", default=[s.name for s in SETTINGS])
     parser.add_argument("--skip-estimate", action="store_true", help="do not check the build's estimate")
+    parser.add_argument("--skip-timing", action="store_true",
+                        help="do not measure latency now (reuse cached timings): accuracy folds can run on a busy machine")
+    parser.add_argument("--no-render", action="store_true", help="measure only; render later")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=7, help="one-window latency repeats (interleaved)")
     parser.add_argument("--out", type=Path, default=REPO / "docs")
@@ -120,13 +124,15 @@ def main(argv=None) -> int:
                 results[key] = study.fold(setting, target)
                 study.save_results(results)
                 print(json.dumps({key: _short(results[key])}), flush=True)
-    timings = study.timings(settings, args.repeats)
-    estimate = results.get("estimate_check") if args.skip_estimate else study.estimate_check(SETTINGS[2], results)
-    if estimate is not None:
-        results["estimate_check"] = estimate
+    if not args.skip_timing:
+        results["timings"] = study.timings(settings, args.repeats)
         study.save_results(results)
-    figures = study.figures(settings, results, timings)
-    write_outputs(figures, args.out)
+    if not args.skip_estimate and "estimate_check" not in results:
+        results["estimate_check"] = study.estimate_check(next(s for s in SETTINGS if s.name == "default"), results)
+        study.save_results(results)
+    if not args.no_render:
+        figures = study.figures(settings, results, results.get("timings") or {"window_ms": {}, "int8_conv_time_share": {}})
+        write_outputs(figures, args.out)
     return 0
 
 
@@ -258,7 +264,8 @@ class Study:
                     run(window)
                     samples[name].append((time.perf_counter() - start) * 1e3)
         return {"window_ms": {name: statistics.median(values) for name, values in samples.items()},
-                "int8_conv_time_share": {name: engine.int8_time_share(window) for name, engine in engines.items()}}
+                "int8_conv_time_share": {name: engine.int8_time_share(window) for name, engine in engines.items()},
+                "load_average": list(os.getloadavg()), "measured": time.strftime("%Y-%m-%d %H:%M")}
 
     # -------------------------------------------------------------------------- the build's own estimate
     def estimate_check(self, setting: Setting, results: dict) -> list[dict]:
