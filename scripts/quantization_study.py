@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -80,6 +81,7 @@ class Setting:
     patches: int = 8
     sampling: str = "body"
     accuracy_control: float | None = None  # max_drop of accuracy control (validation windows of the calibration CTs)
+    weights: str | None = None  # another weights file for the demo network, "<commit>:<path>" in this repository
 
 
 SETTINGS = [
@@ -98,6 +100,8 @@ SETTINGS = [
     Setting("no_bias", "no bias correction", bias_correction="none"),
     Setting("accuracy_control", "accuracy control, max drop 0.005 on validation windows of the calibration CTs",
             accuracy_control=0.005),
+    Setting("stage4_weights", "default recipe on the previous demo weights (stage 4, before the 8-bit-noise fine-tune)",
+            weights="46199bf:engine_builder/models/weights/demo_unet.pt"),
 ]
 
 
@@ -143,12 +147,27 @@ class Study:
         self.data, self.cache, self.threads = data, cache, threads
         cache.mkdir(parents=True, exist_ok=True)
         self.backend = get_backend("openvino")
-        self.network = load_network(SPEC, resolve_weights(SPEC, None))
+        self.networks = {None: load_network(SPEC, resolve_weights(SPEC, None))}
         self.scratch = Path(tempfile.mkdtemp(prefix="quantization-study-"))
         self.graphs = {}
         self.images, self.affines, self.volumes = {}, {}, {}
-        self._reference = None
+        self._references = {}
         self._fp32 = {}
+
+    @property
+    def network(self):
+        return self.networks[None]
+
+    def network_of(self, weights: str | None):
+        """The demo network with the shipped weights (None) or ``<commit>:<path>`` of this repository."""
+        if weights not in self.networks:
+            commit, path = weights.split(":", 1)
+            target = self.cache / f"weights-{commit}.pt"
+            if not target.exists():
+                target.write_bytes(subprocess.run(["git", "show", f"{commit}:{path}"], cwd=REPO, check=True,
+                                                  capture_output=True).stdout)
+            self.networks[weights] = load_network(SPEC, target)
+        return self.networks[weights]
 
     # ------------------------------------------------------------------------------------------- inputs
     def volume(self, name: str):
@@ -168,29 +187,35 @@ class Study:
             self.images[name], self.affines[name] = stored["image"], stored["affine"]
         return self.images[name]
 
-    def graph(self, form: str) -> FP32Graph:
-        if form not in self.graphs:
-            onnx = export_onnx(self.network, self.scratch / "fp32.onnx", SPEC.roi_size, SPEC.in_channels, 1)
+    def graph(self, form: str, weights: str | None = None) -> FP32Graph:
+        if (form, weights) not in self.graphs:
+            network = self.network_of(weights)
+            tag = f"{form}-{(weights or 'shipped').split(':')[0]}"
+            onnx = export_onnx(network, self.scratch / f"fp32-{tag}.onnx", SPEC.roi_size, SPEC.in_channels, 1)
             subpixel = None
             if form != "none":
-                rewritten, _ = subpixel_transposed_convolutions(self.network, form)
-                subpixel = export_onnx(rewritten, self.scratch / f"fp32_{form}.onnx", SPEC.roi_size, SPEC.in_channels, 1)
-            self.graphs[form] = FP32Graph(SPEC, self.network, onnx, 1, subpixel)
-        return self.graphs[form]
+                rewritten, _ = subpixel_transposed_convolutions(network, form)
+                subpixel = export_onnx(rewritten, self.scratch / f"fp32_{tag}_sub.onnx", SPEC.roi_size, SPEC.in_channels, 1)
+            self.graphs[(form, weights)] = FP32Graph(SPEC, network, onnx, 1, subpixel)
+        return self.graphs[(form, weights)]
+
+    def reference_of(self, weights: str | None = None):
+        if weights not in self._references:
+            self._references[weights] = self.backend.build(self.graph("none", weights), None, "fp32", self.options())
+        return self._references[weights]
 
     @property
     def reference(self):
-        if self._reference is None:
-            self._reference = self.backend.build(self.graph("none"), None, "fp32", self.options())
-        return self._reference
+        return self.reference_of(None)
 
-    def fp32_labels(self, name: str) -> np.ndarray:
-        if name not in self._fp32:
-            path = self.cache / f"{name}-fp32-{SPEC.fingerprint()[:12]}.npy"
+    def fp32_labels(self, name: str, weights: str | None = None) -> np.ndarray:
+        if (name, weights) not in self._fp32:
+            suffix = "" if weights is None else "-" + weights.split(":")[0]
+            path = self.cache / f"{name}-fp32{suffix}-{SPEC.fingerprint()[:12]}.npy"
             if not path.exists():
-                np.save(path, predict_labels(self.image(name), self.reference, SPEC, StageTimer()))
-            self._fp32[name] = np.load(path)
-        return self._fp32[name]
+                np.save(path, predict_labels(self.image(name), self.reference_of(weights), SPEC, StageTimer()))
+            self._fp32[(name, weights)] = np.load(path)
+        return self._fp32[(name, weights)]
 
     def patches(self, name: str, count: int, sampling: str, seed: int = 0) -> np.ndarray:
         """Calibration patches of one CT (cached), drawn as ``calibration.build_calibration_set`` draws them."""
@@ -215,10 +240,10 @@ class Study:
         options = self.options(setting)
         if setting.accuracy_control is not None:
             windows = np.concatenate([self.patches(n, 4, setting.sampling, seed=7919) for n in calibration.names])
-            labels = np.concatenate([self.reference.infer_labels(w[None]) for w in windows])
+            labels = np.concatenate([self.reference_of(setting.weights).infer_labels(w[None]) for w in windows])
             options = dataclasses.replace(options, validation=ValidationWindows(windows, labels, SPEC.overlap),
                                           max_drop=setting.accuracy_control)
-        return self.backend.build(self.graph(setting.form), calibration.patches, "int8", options)
+        return self.backend.build(self.graph(setting.form, setting.weights), calibration.patches, "int8", options)
 
     def fold(self, setting: Setting, target: str) -> dict:
         """Calibrate on every body CT but ``target``, segment ``target`` with INT8 and compare with FP32."""
@@ -228,17 +253,18 @@ class Study:
         labels = predict_labels(self.image(target), engine, SPEC, StageTimer())
         record = {"target": target, "role": {**BODY, **OFF_DOMAIN}[target][1], "quantize_s": round(quantize_s, 1),
                   "kept_in_float": engine.kept_in_float(),
-                  **compare_labels(self.fp32_labels(target), labels, SPEC.label_names, min_voxels(SPEC.spacing_mm))}
+                  **compare_labels(self.fp32_labels(target, setting.weights), labels, SPEC.label_names,
+                                   min_voxels(SPEC.spacing_mm))}
         if target in REFERENCE_LABELS:
-            record["reference_dice"] = self.reference_dice(target, labels)
+            record["reference_dice"] = self.reference_dice(target, labels, setting.weights)
         return record
 
-    def reference_dice(self, target: str, int8_labels: np.ndarray) -> dict:
+    def reference_dice(self, target: str, int8_labels: np.ndarray, weights: str | None = None) -> dict:
         """Dice against the reference labels on the input grid, FP32 and INT8, per demo label present there."""
         volume = self.volume(target)
         reference = reference_labels(self.data, target)
         out = {}
-        for kind, labels in (("fp32", self.fp32_labels(target)), ("int8", int8_labels)):
+        for kind, labels in (("fp32", self.fp32_labels(target, weights)), ("int8", int8_labels)):
             mapped = labels_to_input_grid(labels, self.affines[target], volume.shape, volume.affine)
             out[kind] = {SPEC.label_names[v]: _dice(reference == v, mapped == v)
                          for v in range(1, len(SPEC.labels)) if (reference == v).any()}
