@@ -32,6 +32,10 @@ from engine_builder.jobs import Task, run_job
 
 REQUIRED = os.environ.get("PTQSEG_REQUIRE_RAY") == "1"
 REAL_CTS = ("msd_spleen/sub-spleen2_ct.nii.gz", "totalsegmentator/example_ct_sm.nii.gz")
+# Read by Ray when it is imported: head, nodes, GCS and this driver on 127.0.0.1 (Ray's default picks the machine's
+# interface), and no usage statistics.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 try:
     import ray
@@ -46,7 +50,6 @@ except ImportError:
 @pytest.fixture(scope="module")
 def cluster():
     """A head node and one more node, one CPU each, all on 127.0.0.1; this process is the driver."""
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
                                                             "node_ip_address": "127.0.0.1"})
     cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")

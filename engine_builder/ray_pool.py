@@ -34,7 +34,9 @@ _STARTUP_SECONDS = 600  # no actor ready by then: the cluster cannot place one
 
 
 def import_ray():
-    """The ``ray`` module, or one PTQError saying how to install it."""
+    """The ``ray`` module, or one PTQError saying how to install it. Ray's usage statistics stay off (patient data
+    projects send nothing anywhere; a cluster started by someone else keeps its own setting)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
     except ImportError:

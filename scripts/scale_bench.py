@@ -57,6 +57,8 @@ def main() -> int:
                           "shape": volume_shape(args.volume)},
                "settings": {"volumes": args.volumes, "repeats": args.repeats, "engine": str(engine_dir), "cores": cores},
                "runs": []}
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read at import: every Ray process on 127.0.0.1
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     try:
         import ray  # noqa: F401
         figures["versions"]["ray"] = ray.__version__
@@ -113,7 +115,6 @@ def start_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
                                                             "node_ip_address": "127.0.0.1"})
     cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
