@@ -26,6 +26,7 @@ import csv
 import json
 import logging
 import os
+import secrets
 import time
 from collections import deque
 from contextlib import closing
@@ -309,6 +310,11 @@ class RetryQueue:
         self.open -= len(self._waiting)
         self._waiting.clear()
         return outcomes
+
+
+def new_job_token() -> str:
+    """The token naming this job's temporaries: ``PTQSEG_JOB_TOKEN`` when a parent chose one, else a fresh one."""
+    return os.environ.get("PTQSEG_JOB_TOKEN") or f"job{secrets.token_hex(6)}"
 
 
 def default_threads(workers: int) -> int:

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import queue
-import secrets
 import subprocess
 import sys
 import threading
@@ -23,16 +22,11 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import PTQError
-from .jobs import Executor, Outcome, RetryQueue, Task
+from .jobs import Executor, Outcome, RetryQueue, Task, new_job_token
 
 log = logging.getLogger(__name__)
 _STOP_SECONDS = 15  # how long a stopped worker may take to exit before it is killed
 _POLL_SECONDS = 0.5  # the longest wait for an event, so that Ctrl-C is seen at once
-
-
-def new_job_token() -> str:
-    """The job token for this run's workers: ``PTQSEG_JOB_TOKEN`` when a parent chose one, else a fresh one."""
-    return os.environ.get("PTQSEG_JOB_TOKEN") or f"job{secrets.token_hex(6)}"
 
 
 @dataclass

@@ -24,8 +24,7 @@ from typing import Iterator
 
 from .errors import PTQError
 from .io import Source
-from .jobs import Executor, Outcome, RetryQueue, Task
-from .pool import new_job_token
+from .jobs import Executor, Outcome, RetryQueue, Task, new_job_token
 
 log = logging.getLogger(__name__)
 DEFAULT_THREADS = 4  # CPUs per actor unless --threads says otherwise (or a node has fewer)

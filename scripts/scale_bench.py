@@ -6,11 +6,12 @@
 Copies the 512x512x141 chest CT (``../shared/data/chest_ct``) ``--volumes`` times into ``--workdir`` (never into
 the repository), builds (or reuses from the cache) the demo INT8 engine calibrated on synthetic phantoms, and runs
 the same job with each executor, the executors interleaved in every repeat so that other load hits them alike.
-Per run: wall clock, volumes/min end to end, volumes/min in steady state (from the first volume back to the
-last), the time to the first volume back less that volume's own time (engine start-up), per-volume seconds, and
-the load average and the busiest other processes before and after (the machine is shared). Writes
-``scale.json``, ``scale.md`` (table) and ``scale.png`` (chart) into ``--out``. The Ray run needs Ray installed
-(``pip install 'ptqsegment[ray]'``); without it the run is left out and the report says so.
+Per run: wall clock, volumes/min end to end and in steady state (from the moment every worker has returned its
+first volume to the last volume back), the time to the first volume back less that volume's own time (start-up:
+imports and engine loading), per-volume seconds and stages, and the load average and the busiest other processes
+before and after (the machine is shared). Writes ``scale.json``, ``scale.md`` (table) and ``scale.png`` (chart)
+into ``--out``. The Ray run needs Ray (``pip install 'ptqsegment[ray]'``); without it, it is left out and the
+report says so.
 """
 
 from __future__ import annotations
@@ -152,10 +153,13 @@ def measure(tasks, executor) -> dict:
     wall = time.perf_counter() - started
     assert all(o.status == "ok" for o in report.outcomes), [o.row() for o in report.outcomes]
     seconds = [o.seconds for o in report.outcomes]
-    first_at, first = arrivals[0]
-    steady = (len(arrivals) - 1) / (arrivals[-1][0] - first_at) * 60 if len(arrivals) > 1 else 0.0
+    times = [at - started for at, _ in arrivals]
+    workers = len({o.worker for o in report.outcomes})
+    # steady state: from the moment every worker has returned its first volume to the last volume back
+    steady = (len(times) - workers) / (times[-1] - times[workers - 1]) * 60 if len(times) > workers else 0.0
     return {"executor": report.executor, "wall_s": round(wall, 2), "per_minute": round(60 * len(tasks) / wall, 3),
-            "steady_per_minute": round(steady, 3), "startup_s": round(first_at - started - first.seconds, 2),
+            "steady_per_minute": round(steady, 3), "startup_s": round(times[0] - arrivals[0][1].seconds, 2),
+            "arrivals_s": [round(t, 2) for t in times],
             "volume_s": {"median": round(statistics.median(seconds), 2), "min": round(min(seconds), 2),
                          "max": round(max(seconds), 2)},
             "stages_ms_median": {k: round(statistics.median(o.timings_ms.get(k, 0) for o in report.outcomes))
@@ -250,8 +254,8 @@ def render_markdown(figures: dict) -> str:
         markdown_table(["executor", "vol/min end to end", "vol/min steady", "wall s", "start-up s", "s per volume",
                         "load avg before (1 min)"], rows),
         "",
-        "End to end includes starting the workers and loading the engine in each; steady is from the first volume "
-        "back to the last. Other processes seen before and after each run are in scale.json (`other_processes_*`).",
+        "End to end includes starting the workers and loading the engine in each; steady is from the moment every "
+        "worker has returned its first volume to the last volume back. Other processes seen before and after each run are in scale.json (`other_processes_*`).",
     ]
     for note in figures.get("notes", []):
         lines += ["", note]
