@@ -1,6 +1,7 @@
 """Cohort runs without Ray: CSV lists, the persistent worker, ``--workers N`` and its fault tolerance.
 
-- CSV lists: relative inputs resolve against the list's folder and relative outputs against ``--output``; a DICOM
+- CSV lists: a list run through the CLI (a corrupt row reported, the others written, the JSON report right);
+  relative inputs resolve against the list's folder and relative outputs against ``--output``; a DICOM
   folder with ``series`` = ``all`` gives one task per series; a bad row (missing file, no suffix, two rows with
   one output, a wrong header, too many cells) is one PTQError naming the line, and through the CLI one line and
   exit code 2.
@@ -144,6 +145,22 @@ def test_bad_list_row_through_the_cli(tmp_path, int8_build):
     assert not (tmp_path / "out").exists()
     assert_clean_error(run_cli("segment", "--engine", str(int8_build.engine_dir), "--input", str(listing),
                                "--output", str(tmp_path / "out"), "--report", str(tmp_path / "r.txt")), "--report", ".csv")
+
+
+def test_list_run_through_the_cli(tmp_path, int8_build, small_volumes):
+    _corrupt(tmp_path / "broken.nii.gz")
+    listing = _write_list(tmp_path / "cohort.csv", [["input", "output"], [str(small_volumes / "case_21.nii.gz"), ""],
+                                                   ["broken.nii.gz", ""], [str(small_volumes / "case_22.nii.gz"), "b/22.nrrd"]])
+    result = run_cli("segment", "--engine", str(int8_build.engine_dir), "--input", str(listing), "--output",
+                     str(tmp_path / "out"), "--quiet", "--report", str(tmp_path / "run.json"))
+    assert result.returncode == 1, result.stderr  # one volume failed
+    assert "segmented 2, skipped 0 already done, failed 1" in result.stdout and "failed: broken.nii.gz:" in result.stdout
+    assert read_volume(tmp_path / "out" / "b" / "22.nrrd").shape == read_volume(small_volumes / "case_22.nii.gz").shape
+    report = json.loads((tmp_path / "run.json").read_text())
+    assert report["executor"] == "this process" and report["counts"] == {"ok": 2, "retried": 0, "skipped": 0, "failed": 1}
+    assert [(r["input"], r["status"]) for r in report["volumes"]] == [
+        (str(small_volumes / "case_21.nii.gz"), "ok"), ("broken.nii.gz", "failed"), (str(small_volumes / "case_22.nii.gz"), "ok")]
+    assert "cannot be read" in report["volumes"][1]["error"] and report["volumes"][0]["output"].endswith("case_21_seg.nii.gz")
 
 
 # ---- the persistent worker ------------------------------------------------------------------------------------
