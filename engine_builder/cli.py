@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
-from .errors import PTQError, without_subject
+from .errors import PTQError
 from .progress import emit
 
 log = logging.getLogger("ptqseg")
@@ -120,7 +119,24 @@ def make_parser() -> argparse.ArgumentParser:
     segment.add_argument("--max-memory-gb", type=float,
                          help="refuse volumes whose resampled grid needs more memory (default: 8 GB or 80%% of RAM)")
     segment.add_argument("--quiet", action="store_true", help="no progress bars, only warnings and results")
+    segment.add_argument("--workers", type=int, help="folder or list runs: N worker processes, each with the engine "
+                         "loaded once and cores/N threads (default: this process)")
+    segment.add_argument("--ray", metavar="ADDRESS", help="folder or list runs on a Ray cluster: 'auto' or ray://HEAD:10001 "
+                         "(inputs, outputs and the engine on storage every node sees; needs the [ray] extra)")
+    segment.add_argument("--retries", type=int, default=2, help="runs of a volume whose worker died, before it is "
+                         "reported failed (default 2)")
+    segment.add_argument("--report", help="per-volume run report (.json or .csv): status, worker, node, seconds, error")
     segment.set_defaults(func=cmd_segment)
+
+    worker = sub.add_parser("worker", help="serve segmentation requests: JSON lines on stdin, one result line each on "
+                            "stdout, until stdin closes (the engine is loaded once)")
+    worker.add_argument("--engine", required=True, help="engine directory from 'ptqseg build'")
+    worker.add_argument("--threads", type=int)
+    worker.add_argument("--device", default="cpu")
+    worker.add_argument("--max-memory-gb", type=float, help="refuse volumes whose resampled grid needs more memory")
+    worker.add_argument("--verify", type=int, default=0, metavar="N", help="check N windows of each scan against FP32")
+    worker.add_argument("--min-agreement", type=float, help="threshold of --verify")
+    worker.set_defaults(func=cmd_worker, quiet=True)
 
     info = sub.add_parser("info", help="show an engine's manifest")
     info.add_argument("engine")
@@ -195,66 +211,36 @@ def cmd_build(args) -> int:
 
 def cmd_segment(args) -> int:
     from .engines import open_engine
-    from .outputs import check_label_file, check_not_an_input, check_output_folder, check_writable_file
+    from .jobs import file_tasks, is_task_list
+    from .outputs import check_label_file, check_not_an_input, check_writable_file
     from .sources import source_files
+    from .verify import scan_check
 
     source, target = Path(args.input), Path(args.output)
     if not source.exists():
         raise PTQError(f"input not found: {source}")
-    budget = None if args.max_memory_gb is None else int(args.max_memory_gb * 2**30)
-    jobs = _file_jobs(source, target, args.series)  # None: a folder of volumes
-    if jobs is None:
-        check_output_folder(target, source)
-    else:
-        for job_source, output in jobs:
-            check_label_file(output, source_files(job_source))
+    budget = _memory_budget(args)
+    tasks = None if is_task_list(source) else file_tasks(source, target, args.series)  # None: a folder or a list
+    if tasks is None:
+        return _segment_job(source, target, args, budget)
+    if args.workers or args.ray or args.report:
+        raise PTQError("--workers, --ray and --report are for a folder or a CSV list as --input, not one volume")
+    for task in tasks:
+        check_label_file(task.output, source_files(task.source))
     if args.json:
-        check_not_an_input(Path(args.json), [source] if jobs is None else source_files(jobs[0][0]), "--json")
+        check_not_an_input(Path(args.json), source_files(tasks[0].source), "--json")
         check_writable_file(Path(args.json), "--json")
     engine, spec, manifest = open_engine(args.engine, threads=args.threads, device=args.device)
-    check = _verifier(args, engine, spec, manifest)
-    if jobs is None:
-        return _segment_folder(source, target, engine, spec, args, budget, check)
-    records = [_segment_one(job_source, output, engine, spec, args, budget, check) for job_source, output in jobs]
+    check = scan_check(args.engine, engine, spec, manifest, args.verify, args.min_agreement, args.threads)
+    records = [_segment_one(task.source, task.output, engine, spec, args, budget, check) for task in tasks]
     if args.json:
         _write_json(args.json, records[0] if len(records) == 1 else {"engine": str(args.engine), "results": records})
     return 0
 
 
-def _file_jobs(source: Path, target: Path, series_choice: str | None):
-    """(source, output) pairs for a file or a DICOM folder (one per chosen series); None for a folder of volumes."""
-    from .io import Source, choose_series, dicom_series
-
-    if not source.is_dir():
-        return [(Source(source), target)]
-    series = dicom_series(source)
-    if not series:
-        return None
-    if series_choice == "all":
-        if len(series) == 1:
-            return [(Source(source), target)]
-        stem, suffix = _stem(target.name), target.name[len(_stem(target.name)):]
-        return [(Source(source, s.uid), target.with_name(f"{stem}_{s.uid or 'no-uid'}{suffix}")) for s in series]
-    chosen = choose_series(source, series, series_choice)
-    return [(Source(source, chosen.uid if len(series) > 1 else None), target)]
-
-
-def _verifier(args, engine, spec, manifest):
-    """``verify.verify_scan`` bound to the engine and its FP32 reference, or None without ``--verify``."""
-    if not args.verify:
-        return None
-    from functools import partial
-
-    from .engines import open_reference
-    from .verify import verify_scan
-
-    if args.verify < 1:
-        raise PTQError(f"--verify takes a number of windows (1 or more), not {args.verify}")
-    reference = open_reference(args.engine, manifest, args.threads)
-    threshold = args.min_agreement if args.min_agreement is not None else \
-        float((manifest.get("accuracy") or {}).get("min_agreement", 0.98))
-    return partial(verify_scan, engine=engine, reference=reference, spec=spec, windows=args.verify,
-                   min_agreement=threshold)
+def _memory_budget(args) -> int | None:
+    """``--max-memory-gb`` in bytes (None: the default budget)."""
+    return None if args.max_memory_gb is None else int(args.max_memory_gb * 2**30)
 
 
 def _report_verification(name: str, verification: dict | None) -> None:
@@ -286,68 +272,69 @@ def _segment_one(source, output: Path, engine, spec, args, budget, check) -> dic
             "verification": result.verification, "label_volumes_ml": label_volumes_ml(result)}
 
 
-def _segment_folder(source: Path, target: Path, engine, spec, args, budget, check) -> int:
-    """Segment every volume under ``source`` into ``target``; skip finished outputs, go on after failures.
+def _segment_job(source: Path, target: Path, args, budget) -> int:
+    """Segment every volume of a folder or a CSV list into the folder ``target``; skip finished outputs, go on
+    after failures, retry volumes whose worker died. Exit code 1 when any volume failed."""
+    from .jobs import check_report_path, folder_tasks, is_task_list, list_tasks, run_job
+    from .outputs import check_not_an_input, check_output_folder, check_writable_file
 
-    An output folder inside the input folder is left out of the search (its label maps are not scans).
-    """
-    from .inference import segment_file
-    from .outputs import check_not_an_input, inside
-    from .progress import track
-    from .sources import find_volumes, source_files, source_name
-
-    volumes, _ = find_volumes(source, "input folder", exclude=target if inside(target, source) else None)
-    if not volumes:
-        raise PTQError(f"no volume found in input folder {source}: put NIfTI, NRRD or DICOM volumes there")
-    done, failed, skipped, records = 0, [], 0, []
-    for volume in track(volumes, "volumes", enabled=not args.quiet, unit="vol"):
-        name = source_name(volume, source)
-        output = target / _output_name(volume, source)
-        if output.exists():
-            skipped += 1
-            continue
-        try:
-            check_not_an_input(output, source_files(volume))
-            result = segment_file(volume, output, engine, spec, memory_budget=budget, check=check)
-        except PTQError as exc:
-            reason = without_subject(str(exc), volume.path.name)
-            failed.append((name, reason))
-            log.error("%s: %s", name, reason)
-            continue
-        for warning in result.warnings:
-            log.warning("%s", warning)
-        _report_verification(name, result.verification)
-        done += 1
-        records.append({"input": name, "output": str(output), "latency_ms": result.timings_ms,
-                        "total_ms": result.total_ms, "warnings": result.warnings, "verification": result.verification})
-    print(f"segmented {done}, skipped {skipped} already done, failed {len(failed)}")
-    for name, reason in failed:
-        print(f"  failed: {name}: {reason}")
+    listed = is_task_list(source)
+    check_output_folder(target, None if listed else source)
+    for flag, value in (("--json", args.json), ("--report", args.report)):
+        if value:
+            check_not_an_input(Path(value), [source], flag)
     if args.json:
-        _write_json(args.json, {"segmented": records, "skipped": skipped, "failed": [list(f) for f in failed]})
-    return 1 if failed else 0
+        check_writable_file(Path(args.json), "--json")
+    if args.report:
+        check_report_path(Path(args.report))
+    if args.workers is not None and args.workers < 1:
+        raise PTQError(f"--workers must be at least 1, got {args.workers}")
+    if args.retries < 0:
+        raise PTQError(f"--retries must be 0 or more, got {args.retries}")
+    tasks = list_tasks(source, target) if listed else folder_tasks(source, target)
+    report = run_job(tasks, _executor(args, budget), progress=not args.quiet,
+                     report_path=Path(args.report) if args.report else None)
+    for line in report.summary_lines():
+        print(line)
+    if args.json:
+        _write_json(args.json, report.figures())
+    return 1 if report.with_status("failed") else 0
 
 
-def _output_name(volume, folder: Path) -> Path:
-    """``<relative path without suffix>[_<series uid>]_seg.nii.gz`` (DICOM folders: the folder path, joined by _)."""
-    relative = volume.path.relative_to(folder) if volume.path != folder else Path(volume.path.name)
-    if volume.path.is_dir():
-        name = str(relative).replace(os.sep, "_")
-        parent = Path()
-    else:
-        name, parent = _stem(relative.name), relative.parent
-    if volume.series_uid is not None:
-        name += f"_{volume.series_uid or 'no-uid'}"
-    return parent / f"{name}_seg.nii.gz"
+def _executor(args, budget):
+    """The executor the flags ask for; the engine is checked here, before any worker starts."""
+    from .artifact import read_manifest, verify_engine_files
+    from .jobs import SequentialExecutor, default_threads
+
+    if args.ray:
+        from .ray_pool import RayExecutor
+
+        verify_engine_files(args.engine, read_manifest(args.engine))
+        return RayExecutor(args.engine, args.ray, workers=args.workers, threads=args.threads, device=args.device,
+                           memory_budget=budget, retries=args.retries, verify=args.verify, min_agreement=args.min_agreement)
+    if args.workers:
+        from .pool import ProcessExecutor
+
+        verify_engine_files(args.engine, read_manifest(args.engine))
+        return ProcessExecutor(args.engine, args.workers, args.threads or default_threads(args.workers),
+                               device=args.device, memory_budget=budget, retries=args.retries, verify=args.verify,
+                               min_agreement=args.min_agreement)
+    from .worker import Segmenter
+
+    return SequentialExecutor(Segmenter(args.engine, threads=args.threads, device=args.device, memory_budget=budget,
+                                        verify=args.verify, min_agreement=args.min_agreement))
 
 
-def _stem(name: str) -> str:
-    from .io import VOLUME_SUFFIXES
+def cmd_worker(args) -> int:
+    """``ptqseg worker``: the JSON-lines protocol of ``worker.serve`` on stdin/stdout."""
+    from .worker import Segmenter, protocol_stream, serve, stop_on_sigterm
 
-    for suffix in VOLUME_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    stop_on_sigterm()
+    events = protocol_stream()
+    budget = _memory_budget(args)
+    return serve(lambda: Segmenter(args.engine, threads=args.threads, device=args.device, memory_budget=budget,
+                                   verify=args.verify, min_agreement=args.min_agreement),
+                 sys.stdin, events)
 
 
 def cmd_info(args) -> int:

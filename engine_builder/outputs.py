@@ -56,11 +56,11 @@ def check_label_file(output: Path, inputs: list[Path]) -> None:
     check_writable_file(output)
 
 
-def check_output_folder(output: Path, input_folder: Path) -> None:
-    """A folder run's output folder: not the input folder, not a file, writable."""
+def check_output_folder(output: Path, input_folder: Path | None) -> None:
+    """A folder or list run's output folder: not a file, writable, and not the input folder (folder runs)."""
     if output.exists() and not output.is_dir():
-        raise PTQError(f"--output {output} is a file: a folder input needs an output folder")
-    if os.path.realpath(output) == os.path.realpath(input_folder):
+        raise PTQError(f"--output {output} is a file: a folder or list input needs an output folder")
+    if input_folder is not None and os.path.realpath(output) == os.path.realpath(input_folder):
         raise PTQError(f"--output {output} is the input folder: choose another folder (a subfolder such as "
                        f"{input_folder / 'segmentations'} works; it is left out of the input search)")
     check_writable_file(output / "x.nii.gz", "--output")

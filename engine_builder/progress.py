@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from contextlib import contextmanager
 from typing import Iterable, Iterator, TypeVar
 
@@ -50,21 +51,36 @@ def track(iterable: Iterable[T], stage: str, total: int | None = None, enabled: 
 
 
 class Counter:
-    """Counts calls of a step (e.g. sliding windows) towards a known total."""
+    """Counts calls of a step (e.g. sliding windows) towards a known total.
 
-    def __init__(self, stage: str, total: int, enabled: bool = True):
-        self.stage, self.total, self.done = stage, total, 0
+    With ``rate=True`` (a job's volumes) the bar shows ``<unit>/min`` and each JSON event carries ``per_minute``
+    and ``eta_s`` (seconds left at the rate so far; None before the first step).
+    """
+
+    def __init__(self, stage: str, total: int, enabled: bool = True, unit: str = "win", rate: bool = False):
+        self.stage, self.total, self.done, self.unit, self.rate = stage, total, 0, unit, rate
+        self._started = time.perf_counter()
         self._bar = None
         if _mode == "tqdm" and enabled:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=stage, unit="win")
+            self._bar = tqdm(total=total, desc=stage, unit=unit)
 
     def step(self, n: int = 1) -> None:
         self.done += n
+        speed = self.rate_fields() if self.rate else {}
         if self._bar is not None:
+            if speed:
+                self._bar.set_postfix_str(f"{speed['per_minute']:.1f} {self.unit}/min", refresh=False)
             self._bar.update(n)
-        emit("progress", stage=self.stage, done=self.done, total=self.total)
+        emit("progress", stage=self.stage, done=self.done, total=self.total, **speed)
+
+    def rate_fields(self) -> dict:
+        """``per_minute`` (steps per minute so far) and ``eta_s`` (seconds to the total at that rate)."""
+        elapsed = max(time.perf_counter() - self._started, 1e-9)
+        per_second = self.done / elapsed
+        eta = (self.total - self.done) / per_second if per_second > 0 else None
+        return {"per_minute": round(60.0 * per_second, 3), "eta_s": None if eta is None else round(eta, 1)}
 
     def close(self) -> None:
         if self._bar is not None:

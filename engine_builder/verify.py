@@ -81,3 +81,21 @@ def verify_scan(image, labels: np.ndarray, engine, reference, spec: ModelSpec, w
     return {"windows": len(starts), **figures, "min_agreement": float(min_agreement),
             "passed": figures["foreground_agreement"] >= min_agreement,
             "seconds": round(time.perf_counter() - started, 3)}
+
+
+def scan_check(engine_dir, engine, spec: ModelSpec, manifest: dict, windows: int, min_agreement: float | None = None,
+               threads: int | None = None):
+    """``verify_scan`` bound to an engine and the FP32 reference it carries, for ``segment_file(check=...)``; None
+    for ``windows == 0``. The threshold defaults to the engine's build threshold (0.98)."""
+    if not windows:
+        return None
+    from functools import partial
+
+    from .engines import open_reference
+    from .errors import PTQError
+
+    if windows < 1:
+        raise PTQError(f"--verify takes a number of windows (1 or more), not {windows}")
+    reference = open_reference(engine_dir, manifest, threads)
+    threshold = min_agreement if min_agreement is not None else float((manifest.get("accuracy") or {}).get("min_agreement", 0.98))
+    return partial(verify_scan, engine=engine, reference=reference, spec=spec, windows=windows, min_agreement=threshold)
