@@ -33,12 +33,14 @@ def settings_table(figures: dict) -> str:
     for row in figures["settings"]:
         unseen, every, head = row["unseen"], row["all_body"], row["head"]
         speedup = torch_ms / row["window_ms"] if torch_ms and row["window_ms"] else None
-        rows.append([f"`{row['setting']}`", row["description"], _pct(unseen["foreground_agreement"]),
+        partial = "" if len(row["unseen_cts"]) == 3 else f" ({len(row['unseen_cts'])} CTs)"
+        rows.append([f"`{row['setting']}`", row["description"], _pct(unseen["foreground_agreement"]) + partial,
                      _pct(unseen["min_foreground_agreement"]), _num(unseen["mean_dice"]), _num(unseen["min_dice"]),
-                     _pct(every["foreground_agreement"]), _pct(head["foreground_agreement"]),
+                     _pct(every["foreground_agreement"]) if every else "not run",
+                     _pct(head["foreground_agreement"]) if head else "not run",
                      _num(row["window_ms"], 0), "" if speedup is None else f"{speedup:.1f}x",
                      _pct(row["int8_conv_time_share"]),
-                     max(v["kept_in_float"] for v in row["per_ct"].values())])
+                     "" if row["kept_in_float"] is None else len(row["kept_in_float"])])
     header = ["setting", "what changes", "fg agreement, unseen CTs (mean)", "worst unseen CT", "mean per-label Dice (unseen)",
               "worst label Dice (unseen)", "fg agreement, all 5 body CTs", "head CT (off-domain)", "INT8 window ms",
               "vs torch FP32", "int8 share of conv time", "convs left in float"]

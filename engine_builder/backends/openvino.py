@@ -145,16 +145,33 @@ class OpenVINOEngine(Engine):
         return self.profile(window)["int8_conv_share"]
 
     def kept_in_float(self) -> list[str]:
-        """Convolutions of the saved model with no FakeQuantize on their data input."""
+        """Convolutions of the saved model whose data input does not come from a FakeQuantize (through ops that
+        only move data: the sub-pixel form crops and pads each phase's input after the quantizer)."""
         if self.precision != "int8":
             return []
         kept = []
         for op in self.model.get_ordered_ops():
-            if op.get_type_name() in ("Convolution", "ConvolutionBackpropData", "GroupConvolution"):
-                source = op.input_value(0).get_node()
-                if source.get_type_name() != "FakeQuantize":
+            if op.get_type_name() in ("Convolution", "ConvolutionBackpropData", "GroupConvolution", "MatMul"):
+                if not _quantized_input(op):
                     kept.append(op.get_friendly_name())
         return kept
+
+
+def _quantized_input(op) -> bool:
+    """True when ``op``'s data input is a FakeQuantize, possibly behind ops that only move or pad data, or a
+    Concat of such inputs (a U-Net's skip connections: NNCF gives the concatenated tensors one scale)."""
+    return _quantized(op.input_value(0).get_node())
+
+
+def _quantized(source) -> bool:
+    while source.get_type_name() in _DATA_MOVEMENT:
+        source = source.input_value(0).get_node()
+    if source.get_type_name() == "Concat":
+        return all(_quantized(value.get_node()) for value in source.input_values())
+    return source.get_type_name() == "FakeQuantize"
+
+
+_DATA_MOVEMENT = ("Slice", "StridedSlice", "Pad", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Convert")
 
 
 class OpenVINOBackend(Backend):
