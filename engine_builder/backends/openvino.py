@@ -33,6 +33,8 @@ REFERENCE_WEIGHTS = "reference.bin"
 # NNCF's presets: symmetric activations (performance) or asymmetric ones (mixed); weights symmetric in both.
 PRESETS = {"mixed": "MIXED", "performance": "PERFORMANCE"}
 BIAS_CORRECTION = ("fast", "full", "none")
+#: Operations accuracy control may put back in float (NNCF reverts one per iteration, most harmful first).
+MAX_REVERTED = 8
 
 # NNCF's activation range estimators, by the name the CLI exposes.
 METHODS = {
@@ -252,10 +254,16 @@ class OpenVINOBackend(Backend):
                 labels = [compiled_model(window)[0].argmax(1) for window, _ in data]
                 return validation.agreement(np.concatenate(labels)[: len(validation.windows)])
 
+            from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+            # Each reverted operation costs a re-evaluation of the validation windows: cap how many may go back
+            # to float (the estimate measured afterwards says what the capped result is worth).
+            restorer = AdvancedAccuracyRestorerParameters(max_num_iterations=options.extra.get("max_reverted", MAX_REVERTED))
             return nncf.quantize_with_accuracy_control(
                 model, nncf.Dataset(batches), nncf.Dataset(items, lambda item: item[0]), agreement,
                 max_drop=float(options.max_drop if options.max_drop is not None else 0.01),
-                drop_type=nncf.DropType.ABSOLUTE, advanced_quantization_parameters=advanced, **common)
+                drop_type=nncf.DropType.ABSOLUTE, advanced_quantization_parameters=advanced,
+                advanced_accuracy_restorer_parameters=restorer, **common)
 
 
 def compiled_cache() -> Path | None:
