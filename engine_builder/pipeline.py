@@ -192,7 +192,7 @@ def _build_into(target: Path, request: BuildRequest, source: ModelSource, backen
             "backend": backend.name,
             "backend_version": backend.version(),
             "precision": request.precision,
-            "runs_as": engine.runtime_report(),
+            "runs_as": engine.runtime_report(window=calibration.patches[:1] if calibration is not None else None),
             "batch_size": request.batch_size,
             "input_shape": [request.batch_size, spec.in_channels, *spec.roi_size],
             "input_name": "image",

@@ -100,8 +100,12 @@ class OpenVINOEngine(Engine):
         ov.save_model(self.model, str(Path(folder) / REFERENCE_FILE), compress_to_fp16=True)
         return [REFERENCE_FILE, REFERENCE_WEIGHTS]
 
-    def runtime_report(self) -> dict:
-        """Executed layers per runtime precision, from the compiled model (what really runs)."""
+    def runtime_report(self, window: np.ndarray | None = None) -> dict:
+        """Executed layers per runtime precision, from the compiled model (what really runs).
+
+        With a ``window`` (a batch of input patches), also where that window's time goes (``profile``):
+        ``int8_conv_time_share`` (the share of convolution time in int8 kernels, 0..1) and ``profile``.
+        """
         by_precision: Counter = Counter()
         convolutions: Counter = Counter()
         for op in self.compiled.get_runtime_model().get_ordered_ops():
@@ -113,7 +117,12 @@ class OpenVINOEngine(Engine):
             by_precision[precision] += 1
             if layer_type in ("Convolution", "Deconvolution"):
                 convolutions[precision] += 1
-        return {"layers_by_precision": dict(by_precision), "convolutions_by_precision": dict(convolutions)}
+        report = {"layers_by_precision": dict(by_precision), "convolutions_by_precision": dict(convolutions)}
+        if window is not None:
+            profile = self.profile(window)
+            report["int8_conv_time_share"] = profile.pop("int8_conv_share")
+            report["profile"] = profile
+        return report
 
     def profile(self, window: np.ndarray, repeats: int = 3) -> dict:
         """Where one window's time goes (OpenVINO PERF_COUNT on a second compilation of the same model).
