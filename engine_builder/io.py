@@ -6,6 +6,11 @@ itself is built on (so geometry agrees with what Slicer shows), it ships as a si
 and its DICOM series reader sorts slices by position. MONAI's ``LoadImage`` would dispatch to several
 readers (nibabel, ITK, pydicom) with different conventions per format; one reader means one convention.
 
+Speed: a ``.nii.gz`` is decompressed by ITK itself (zlib-ng inside ITK 5.4), measured as fast as ISA-L's
+``igzip`` or ``zlib-ng`` from Python followed by ITK reading the uncompressed temporary file (0.49 s vs 0.63-0.69 s
+for the 512x512x141 chest CT on 2 loaded cores), so there is no second gzip path. What did cost time was the
+copy from ITK's ``[k, j, i]`` order into ours (``ijk_copy``).
+
 Convention inside engine_builder (the nibabel/MONAI one): ``array`` is indexed ``[i, j, k]`` and ``affine``
 maps ``(i, j, k, 1)`` to RAS millimetres. ITK works in LPS; the conversion happens here and only here.
 """

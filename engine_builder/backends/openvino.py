@@ -63,6 +63,7 @@ class OpenVINOEngine(Engine):
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.config = dict(config)
+        self.threads, self.cache_dir = threads, cache_dir
         if cache_dir is not None:
             # OpenVINO's compiled-model cache: a second process opening the same engine skips most of the
             # compilation (measured 0.8-1.2 s -> 0.3-0.45 s for the demo INT8 engine on 2 cores).
@@ -72,6 +73,17 @@ class OpenVINOEngine(Engine):
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return np.array(self._run(batch), dtype=np.float32, copy=True)
+
+    def with_window(self, roi) -> "OpenVINOEngine":
+        """The same network compiled for windows of ``roi`` voxels (a fully convolutional network runs on any size
+        its strides divide; instance normalisation makes its outputs depend on the size, so measure before use)."""
+        model = self.model.clone()
+        shape = list(model.inputs[0].get_shape())
+        try:
+            model.reshape([*shape[:2], *(int(r) for r in roi)])
+        except RuntimeError as exc:
+            raise PTQError(f"this network cannot take {list(roi)} windows ({_first_line(exc)})") from None
+        return OpenVINOEngine(model, self.precision, self.batch_size, self.threads, self.cache_dir)
 
     def infer_torch(self, batch):
         """Logits as a view of the request's output buffer, valid until the next call.

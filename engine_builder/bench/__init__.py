@@ -30,7 +30,7 @@ VOLUME_MODELS = ("demo",)
 def run_benchmark(models=DEFAULT_MODELS, volume: str | Path | None = None, calib: str | Path | None = None,
                   repeats: int = 5, fresh_repeats: int = 3, warm_repeats: int = 3, out_dir: str | Path = "docs/benchmarks",
                   threads: int | None = None, cache_root: str | Path | None = None, volume_models=VOLUME_MODELS,
-                  progress: bool = True) -> dict:
+                  build_options: dict | None = None, progress: bool = True) -> dict:
     """Run the benchmark, write ``cpu.md``, ``cpu.json`` and ``cpu.png`` into ``out_dir``; return the figures.
 
     Args:
@@ -45,6 +45,8 @@ def run_benchmark(models=DEFAULT_MODELS, volume: str | Path | None = None, calib
         threads: CPU threads for every runtime (None: all cores).
         cache_root: engine and calibration cache (default ``$PTQSEG_CACHE`` or ``~/.cache/ptqsegment``).
         volume_models: models run on the whole volume (empty: none).
+        build_options: ``BuildRequest`` fields for every engine beyond the defaults a user gets (e.g. a quick
+            ``{"patches_per_volume": 2, "accuracy_control": "off"}`` in tests); recorded in the figures.
     """
     from ..artifact import default_cache_root
     from .inputs import backend_keys, build_engines, calibration_folder, volume_input, weights_for
@@ -64,13 +66,14 @@ def run_benchmark(models=DEFAULT_MODELS, volume: str | Path | None = None, calib
     figures: dict = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(threads),
                      "versions": versions(), "backends": keys,
                      "settings": {"models": models, "volume_models": volume_models, "repeats": repeats,
-                                  "fresh_repeats": fresh_repeats, "warm_repeats": warm_repeats, "threads": threads}}
+                                  "fresh_repeats": fresh_repeats, "warm_repeats": warm_repeats, "threads": threads,
+                                  "build_options": dict(build_options or {})}}
     calib_folder, figures["calibration"] = calibration_folder(calib, cache_root, volume)
     weights = {name: weights_for(name) for name in dict.fromkeys(models + volume_models)}
     builds, figures["window"], figures["volume"] = {}, {}, {}
     for name in models:
         say(f"model {name}: engines, then one window ({repeats} repeats; weights: {weights[name].note})")
-        builds[name] = build_engines(weights[name], calib_folder, keys, threads, cache_root, progress)
+        builds[name] = build_engines(weights[name], calib_folder, keys, threads, cache_root, progress, build_options)
         figures["window"][name] = benchmark_window(weights[name], builds[name], calib_folder, repeats, threads,
                                                    cache_root)
         gc.collect()
@@ -81,7 +84,8 @@ def run_benchmark(models=DEFAULT_MODELS, volume: str | Path | None = None, calib
             for name in volume_models:
                 say(f"model {name}: whole volume ({kind}), fresh processes then warm")
                 if name not in builds:
-                    builds[name] = build_engines(weights[name], calib_folder, keys, threads, cache_root, progress)
+                    builds[name] = build_engines(weights[name], calib_folder, keys, threads, cache_root, progress,
+                                                 build_options)
                 figures["volume"][name] = benchmark_volume(weights[name], builds[name], input_path, kind,
                                                            fresh_repeats, warm_repeats, threads, Path(scratch) / name)
                 figures["machine"]["load_average"][f"after the whole volume ({name})"] = load_average()

@@ -107,11 +107,12 @@ def backend_keys() -> list[str]:
 
 
 def build_engines(weights: Weights, calib_folder: Path, keys: list[str], threads: int | None, cache_root: Path,
-                  progress: bool) -> dict:
+                  progress: bool, options: dict | None = None) -> dict:
     """``ptqseg build`` of each engine (the engine cache reuses finished ones): {key: BuildResult}.
 
     OpenVINO engines get the calibration folder (INT8 needs it; bf16 gets the held-out agreement estimate);
-    the torch FP32 engine is the network's state dict, what a user runs without this project.
+    the torch FP32 engine is the network's state dict, what a user runs without this project. ``options``:
+    further ``BuildRequest`` fields (none: what ``ptqseg build`` does by default).
     """
     from ..pipeline import BuildRequest, build_engine
 
@@ -120,7 +121,7 @@ def build_engines(weights: Weights, calib_folder: Path, keys: list[str], threads
         backend, precision = BUILDS[key]
         request = BuildRequest(model=weights.spec.name, calib=calib_folder if backend == "openvino" else None,
                                weights=weights.path, backend=backend, precision=precision, threads=threads,
-                               allow_random_weights=not weights.trained, progress=progress)
+                               allow_random_weights=not weights.trained, progress=progress, **(options or {}))
         started = time.perf_counter()
         builds[key] = build_engine(request, cache_root=cache_root)
         say(f"  {weights.spec.name} {LABELS[key]}: {'cache hit' if builds[key].cache_hit else 'built'} in "

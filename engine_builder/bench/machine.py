@@ -52,7 +52,9 @@ def machine_info(threads: int | None) -> dict:
         capabilities = []
     return {"cpu": cpu_name(), "logical_cores": os.cpu_count(), "threads": threads or os.cpu_count(),
             "flags": cpu_flags(), "openvino_cpu_capabilities": capabilities, "system": platform.platform(),
-            "python": platform.python_version(), "load_average": {"start": load_average()}}
+            "python": platform.python_version(), "load_average": {"start": load_average()},
+            # Without byte-code files every fresh process compiles the project's modules again (start-up time).
+            "pythondontwritebytecode": bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))}
 
 
 def versions() -> dict[str, str | None]:

@@ -63,6 +63,9 @@ def render_markdown(figures: dict) -> str:
         f"- Versions: OpenVINO {v['openvino']}, NNCF {v['nncf']}, torch {v['torch']}, MONAI {v['monai']}, NumPy "
         f"{v['numpy']}, SimpleITK {v['simpleitk']}, engine_builder {v['engine_builder']}, Python {m['python']} ({m['system']})",
         f"- Load average (1/5/15 min): {loads}",
+        "- PYTHONDONTWRITEBYTECODE: " + ("set: no byte-code cache is written, so modules without one (this "
+                                          "checkout's) are compiled again in every fresh process"
+                                          if m["pythondontwritebytecode"] else "not set"),
         f"- Repeats: {s['repeats']} per window (after 1 warm-up); whole volume: 1 cold + {s['fresh_repeats']} "
         f"fresh-process runs and 1 first + {s['warm_repeats']} warm scans per engine. Times: median (min–max).", "",
         "## Targets", "",
