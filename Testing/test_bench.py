@@ -29,7 +29,7 @@ from engine_builder.bench.volume import IN_PROCESS, WORKER
 def bench_run(tmp_path_factory, cache_root):
     folder = tmp_path_factory.mktemp("bench")
     volume = folder / "volume.nii.gz"
-    write_phantom(volume, 31, shape=(64, 64, 32), spacing=(5.0, 5.0, 8.0))
+    write_phantom(volume, 31, shape=(64, 64, 32), spacing=(3.0, 3.0, 4.0))  # 4 windows at the demo's 1.5 mm
     calib_dir = folder / "calib"  # two small phantoms: a quick INT8 build
     calib_dir.mkdir()
     for seed in (32, 33):

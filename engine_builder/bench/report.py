@@ -102,7 +102,7 @@ def _volume_section(volume: dict) -> list[str]:
                               f"{e['startup_ms']['median'] / 1e3:.2f}", f"{e['engine_open_ms']['median'] / 1e3:.2f}",
                               f"{e['peak_rss_bytes'] / 1e9:.2f}"] for k, e in engines.items()]), ""]
     for key, imports in fresh["imports"].items():
-        top = ", ".join(f"{name} {ms / 1e3:.2f}" for name, ms in imports["top_ms"].items())
+        top = ", ".join(f"{name} {ms / 1e3:.2f}" for name, ms in imports["top_ms"].items() if ms >= 20)
         lines.append(f"- Imports of the {LABELS[key]} command (`python -X importtime`, one run): "
                      f"{imports['total_ms'] / 1e3:.2f} s; largest: {top} s")
     lines += ["", "Stages of the fresh-process runs (the command's own timings, medians in ms):", "",
