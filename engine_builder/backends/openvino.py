@@ -81,9 +81,9 @@ class OpenVINOEngine(Engine):
         shape = list(model.inputs[0].get_shape())
         try:
             model.reshape([*shape[:2], *(int(r) for r in roi)])
-        except RuntimeError as exc:
-            raise PTQError(f"this network cannot take {list(roi)} windows ({_first_line(exc)})") from None
-        return OpenVINOEngine(model, self.precision, self.batch_size, self.threads, self.cache_dir)
+            return OpenVINOEngine(model, self.precision, self.batch_size, self.threads, self.cache_dir)
+        except RuntimeError as exc:  # e.g. a Reshape with a constant target shape inside the graph
+            raise PTQError(f"this {self.precision} graph cannot take {list(roi)} windows ({_first_line(exc)})") from None
 
     def infer_torch(self, batch):
         """Logits as a view of the request's output buffer, valid until the next call.
