@@ -77,7 +77,7 @@ def run_benchmark(models=DEFAULT_MODELS, volume: str | Path | None = None, calib
         figures["window"][name] = benchmark_window(weights[name], builds[name], calib_folder, repeats, threads,
                                                    cache_root)
         gc.collect()
-    figures["machine"]["load_average"]["after the windows"] = load_average()
+        figures["machine"]["load_average"][f"after the window ({name})"] = load_average()
     if volume_models:
         input_path, kind = volume_input(volume, cache_root)
         with tempfile.TemporaryDirectory(prefix="ptqseg-bench-") as scratch:

@@ -1,6 +1,6 @@
 """One 96^3 window through every engine of a model: interleaved latency, where the time goes, sizes, accuracy.
 
-The input is one real preprocessed patch (the last calibration patch, a held-out one). Every repeat runs each
+The input is one real preprocessed patch (the first of the last calibration volume's). Every repeat runs each
 engine once, in turn, so that load from other processes hits them alike. OpenVINO engines are also profiled
 (``OpenVINOEngine.profile``: per-layer ``PERF_COUNT`` on a second compilation), which gives the share of
 convolution time spent in int8 kernels and the layer types that take the rest of the window.
