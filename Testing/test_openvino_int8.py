@@ -71,6 +71,24 @@ def test_int8_runs_int8_convolutions(int8_engine, fp32_engine):
     assert set(fp32_convs) == {"f32"} and fp32_convs["f32"] == 18  # 15 convolutions + 3 transposed ones
 
 
+def test_manifest_and_info_report_the_int8_share_of_convolution_time(int8_build, fp32_build):
+    """The build profiles one calibration window (OpenVINO PERF_COUNT): by time, not by count, how much of the
+    convolution work runs in int8 kernels; ``ptqseg info`` says it (the Slicer panel: test_slicer_logic)."""
+    from conftest import run_cli
+    from engine_builder.describe import describe_manifest
+
+    runs_as = int8_build.manifest["runs_as"]
+    share, profile = runs_as["int8_conv_time_share"], runs_as["profile"]
+    assert 0.5 <= share <= 1, runs_as  # every convolution of the sub-pixel INT8 graph is quantized
+    assert 0 < profile["conv_ms"] <= profile["window_ms"] and profile["by_layer_type"]
+    assert fp32_build.manifest["runs_as"]["int8_conv_time_share"] == 0
+    line = f"{share:.0%} of convolution time in int8 kernels"
+    assert line in describe_manifest(int8_build.manifest)
+    assert "of convolution time" not in describe_manifest(fp32_build.manifest)
+    info = run_cli("info", str(int8_build.engine_dir))
+    assert info.returncode == 0 and line in info.stdout, info.stderr
+
+
 def test_int8_engine_is_at_most_030_of_fp32(int8_build, fp32_build):
     int8_bytes = sum(f.stat().st_size for f in int8_build.engine_dir.iterdir()
                      if f.name != "manifest.json" and not f.name.startswith("reference."))  # the --verify reference

@@ -621,6 +621,8 @@ def test_engine_summary_says_size_precision_and_agreement(engine):
     summary = PTQSegmentLogic.engineSummary(engine)
     assert "MB FP32" in summary["size"] and "smaller" in summary["size"]
     assert "in int8" in summary["precision"] and "convolutions" in summary["precision"]
+    share = engine.manifest["runs_as"]["int8_conv_time_share"]
+    assert summary["precision"].endswith(f"; {share:.0%} of convolution time in int8")  # by time, not by count
     assert "same label as FP32" in summary["agreement"] and "%" in summary["agreement"]
     assert summary["stale"] == ""
 

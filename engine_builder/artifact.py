@@ -175,8 +175,11 @@ def _validate_report_fields(fields: Fields) -> None:
         fields.string(key, required=False, max_length=200)
     fields.number("build_seconds", 0, required=False)
     fields.strings("kept_in_float", required=False)
-    for key in ("runs_as", "weights", "machine"):
+    for key in ("weights", "machine"):
         fields.object(key, required=False)
+    runs_as = fields.object("runs_as", required=False)
+    if runs_as is not None:
+        _validate_profile(runs_as)
     sizes = fields.object("sizes", required=False)
     if sizes is not None:
         sizes.integer("engine_bytes", 0)
@@ -184,6 +187,18 @@ def _validate_report_fields(fields: Fields) -> None:
     for key in ("calibration", "accuracy", "accuracy_control"):
         if fields.data.get(key) is not None:
             fields.object(key)
+
+
+def _validate_profile(runs_as: Fields) -> None:
+    """The build-time profile of one window that ``ptqseg info`` prints: the int8 share of convolution time (0..1),
+    the window's ms and ms per layer type."""
+    runs_as.number("int8_conv_time_share", 0.0, 1.0, required=False)
+    profile = runs_as.object("profile", required=False)
+    if profile is not None:
+        profile.number("window_ms", 0.0, required=False)
+        by_type = profile.object("by_layer_type", required=False)
+        for name in by_type.data if by_type is not None else ():
+            by_type.number(name, 0.0)
 
 
 def verify_engine_files(folder: str | os.PathLike, manifest: dict) -> None:

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from .errors import PTQError
@@ -160,13 +161,20 @@ def make_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
 
-    bench = sub.add_parser("bench", help="torch FP32 vs OpenVINO FP32/bf16/INT8, per window and per whole volume")
-    bench.add_argument("--models", nargs="*", default=["demo", "unet", "segresnet"])
+    bench = sub.add_parser("bench", help="torch FP32 vs OpenVINO FP32/bf16/INT8: one window, and `ptqseg segment` of a "
+                                         "whole volume in fresh processes and with the engine loaded")
+    bench.add_argument("--models", nargs="*", default=["demo", "unet", "segresnet"],
+                       help="models timed per window (none: skip); without trained weights here: random weights, "
+                            "speed only")
+    bench.add_argument("--volume-models", nargs="*", default=["demo"],
+                       help="models run on the whole volume (none: skip)")
     bench.add_argument("--volume", help="whole-volume input (default: the chest CT in ../shared/data if present)")
     bench.add_argument("--calib", help="calibration folder (default: synthetic phantoms)")
-    bench.add_argument("--repeats", type=int, default=5)
-    bench.add_argument("--volume-repeats", type=int, default=3)
-    bench.add_argument("--out", default="docs/benchmarks", help="folder for the markdown table and the chart")
+    bench.add_argument("--repeats", type=int, default=5, help="repeats per window (after one warm-up)")
+    bench.add_argument("--fresh-repeats", type=int, default=3,
+                       help="fresh-process `ptqseg segment` runs per engine after the cold one")
+    bench.add_argument("--warm-repeats", type=int, default=3, help="scans per engine with the engine loaded, after the first")
+    bench.add_argument("--out", default="docs/benchmarks", help="folder for cpu.md, cpu.json and cpu.png")
     bench.add_argument("--json", help="write the figures here")
     bench.add_argument("--threads", type=int)
     bench.set_defaults(func=cmd_bench)
@@ -230,17 +238,29 @@ def cmd_segment(args) -> int:
     if args.json:
         check_not_an_input(Path(args.json), source_files(tasks[0].source), "--json")
         check_writable_file(Path(args.json), "--json")
+    started = time.perf_counter()
     engine, spec, manifest = open_engine(args.engine, threads=args.threads, device=args.device)
+    engine_open_ms = (time.perf_counter() - started) * 1e3
     check = scan_check(args.engine, engine, spec, manifest, args.verify, args.min_agreement, args.threads)
     records = [_segment_one(task.source, task.output, engine, spec, args, budget, check) for task in tasks]
     if args.json:
-        _write_json(args.json, records[0] if len(records) == 1 else {"engine": str(args.engine), "results": records})
+        figures = records[0] if len(records) == 1 else {"engine": str(args.engine), "results": records}
+        _write_json(args.json, {**figures, "process": _process_record(engine_open_ms)})
     return 0
 
 
 def _memory_budget(args) -> int | None:
     """``--max-memory-gb`` in bytes (None: the default budget)."""
     return None if args.max_memory_gb is None else int(args.max_memory_gb * 2**30)
+
+
+def _process_record(engine_open_ms: float) -> dict:
+    """This process's costs beside the stages: opening the engine (ms) and its peak resident memory so far (bytes,
+    imports and every stage included)."""
+    from .memory import peak_rss_bytes
+
+    return {"engine_open_ms": engine_open_ms, "peak_rss_bytes": peak_rss_bytes()}
+
 
 
 def _report_verification(name: str, verification: dict | None) -> None:
@@ -379,7 +399,8 @@ def cmd_bench(args) -> int:
     from .bench import run_benchmark
 
     figures = run_benchmark(models=args.models, volume=args.volume, calib=args.calib, repeats=args.repeats,
-                            volume_repeats=args.volume_repeats, out_dir=args.out, threads=args.threads)
+                            fresh_repeats=args.fresh_repeats, warm_repeats=args.warm_repeats, out_dir=args.out,
+                            threads=args.threads, volume_models=args.volume_models)
     if args.json:
         _write_json(args.json, figures)
     return 0

@@ -46,6 +46,18 @@ def describe_accuracy_control(control: dict) -> str:
     return text
 
 
+def describe_int8_time_share(runs_as: dict) -> str:
+    """The share of convolution time in int8 kernels (OpenVINO's per-layer profile of one window at build time)
+    and the largest layer types of that window, in one line."""
+    text = f"{runs_as['int8_conv_time_share']:.0%} of convolution time in int8 kernels"
+    profile = runs_as.get("profile") or {}
+    if profile.get("window_ms"):
+        largest = list((profile.get("by_layer_type") or {}).items())[:3]
+        text += (f" (one window {profile['window_ms']:.0f} ms at build time; largest: "
+                 + ", ".join(f"{name} {ms:.0f} ms" for name, ms in largest) + ")")
+    return text
+
+
 def describe_manifest(manifest: dict) -> str:
     """A human summary: what runs, sizes, agreement, what stayed in float."""
     sizes = manifest["sizes"]
@@ -64,6 +76,9 @@ def describe_manifest(manifest: dict) -> str:
     runs = manifest.get("runs_as", {}).get("convolutions_by_precision")
     if runs:
         lines.append("runs as    convolutions " + ", ".join(f"{n} {p}" for p, n in sorted(runs.items())))
+    share = manifest.get("runs_as", {}).get("int8_conv_time_share")
+    if share is not None and manifest["precision"] == "int8":
+        lines.append(f"runs as    {describe_int8_time_share(manifest['runs_as'])}")
     layers = manifest.get("runs_as", {}).get("layers_by_precision")
     if layers:
         lines.append("runs as    layers " + ", ".join(f"{n} {p}" for p, n in sorted(layers.items())))

@@ -61,23 +61,3 @@ def measure_ms(function, repeats: int = 5, warmup: int = 1) -> dict[str, float]:
         function()
         samples.append((time.perf_counter() - start) * 1e3)
     return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "repeats": len(samples)}
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far (Linux/macOS), in bytes.
-
-    On Linux this is ``VmHWM`` of ``/proc/self/status``: ``ru_maxrss`` survives ``exec``, so in a process
-    started by ``subprocess`` it would report the parent's peak whenever that is larger.
-    """
-    import resource
-    import sys
-
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)

@@ -6,6 +6,11 @@ itself is built on (so geometry agrees with what Slicer shows), it ships as a si
 and its DICOM series reader sorts slices by position. MONAI's ``LoadImage`` would dispatch to several
 readers (nibabel, ITK, pydicom) with different conventions per format; one reader means one convention.
 
+Speed: a ``.nii.gz`` is decompressed by ITK itself (zlib-ng inside ITK 5.4), measured as fast as ISA-L's
+``igzip`` or ``zlib-ng`` from Python followed by ITK reading the uncompressed temporary file (0.49 s vs 0.63-0.69 s
+for the 512x512x141 chest CT on 2 loaded cores), so there is no second gzip path. What did cost time was the
+copy from ITK's ``[k, j, i]`` order into ours (``ijk_copy``).
+
 Convention inside engine_builder (the nibabel/MONAI one): ``array`` is indexed ``[i, j, k]`` and ``affine``
 maps ``(i, j, k, 1)`` to RAS millimetres. ITK works in LPS; the conversion happens here and only here.
 """
@@ -257,8 +262,24 @@ def _to_volume(image, name: str) -> Volume:
     size = image.GetSize()
     if min(size) < 2:
         raise PTQError(f"{name}: has size {size}, a single slice; a 3D volume is needed")
-    array = sitk.GetArrayViewFromImage(image).transpose(2, 1, 0).copy()  # ITK [k, j, i] -> [i, j, k]
+    array = ijk_copy(sitk.GetArrayViewFromImage(image))
     return Volume(array, geometry_to_affine(image.GetSpacing(), image.GetOrigin(), image.GetDirection()))
+
+
+def ijk_copy(kji: np.ndarray, tile: int = 64) -> np.ndarray:
+    """A C-ordered ``[i, j, k]`` copy of an ITK-ordered ``[k, j, i]`` array.
+
+    A plain ``transpose(2, 1, 0).copy()`` walks the source one slice apart (512 KB) for every output voxel of a
+    512x512 CT and misses the cache and the TLB each time: 1.2-1.4 s for the 512x512x141 chest CT on 2 loaded
+    cores. Copying ``tile x tile`` columns of (j, i) at a time keeps each source row in cache for a whole tile
+    (0.4 s there, the same array).
+    """
+    depth, rows, columns = kji.shape
+    out = np.empty((columns, rows, depth), dtype=kji.dtype)
+    for j in range(0, rows, tile):
+        for i in range(0, columns, tile):
+            out[i : i + tile, j : j + tile] = kji[:, j : j + tile, i : i + tile].transpose(2, 1, 0)
+    return out
 
 
 def geometry_to_affine(spacing, origin, direction) -> np.ndarray:

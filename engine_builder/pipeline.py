@@ -192,7 +192,7 @@ def _build_into(target: Path, request: BuildRequest, source: ModelSource, backen
             "backend": backend.name,
             "backend_version": backend.version(),
             "precision": request.precision,
-            "runs_as": engine.runtime_report(),
+            "runs_as": engine.runtime_report(window=calibration.patches[:1] if calibration is not None else None),
             "batch_size": request.batch_size,
             "input_shape": [request.batch_size, spec.in_channels, *spec.roi_size],
             "input_name": "image",
@@ -265,13 +265,6 @@ def torch_cuda_available() -> bool:
 
 def _default_preset(backend) -> str | None:
     return getattr(backend, "default_preset", None)
-
-
-def _weights_record(source: ModelSource) -> dict:
-    """The manifest's ``weights``: the registry model's weights file (its name and SHA-256), else the source's."""
-    if source.kind == "registry":
-        return {"file": source.weights_path.name if source.weights_path else None, "sha256": source.files.get("weights")}
-    return {"file": None, "sha256": None, "source": source.kind}
 
 
 def _calibration_record(calibration: CalibrationSet | None, request: BuildRequest, backend) -> dict | None:

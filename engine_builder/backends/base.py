@@ -123,8 +123,9 @@ class Engine(abc.ABC):
         logits = self.infer(batch)
         return logits.argmax(1).astype(np.uint8 if logits.shape[1] <= 256 else np.uint16)
 
-    def runtime_report(self) -> dict[str, Any]:
-        """What really runs: e.g. per-precision counts of executed layers. Empty when unknown."""
+    def runtime_report(self, window: np.ndarray | None = None) -> dict[str, Any]:
+        """What really runs: e.g. per-precision counts of executed layers (with ``window``, a batch of input
+        patches, a runtime that can profile also says where that window's time goes). Empty when unknown."""
         return {}
 
     def kept_in_float(self) -> list[str]:

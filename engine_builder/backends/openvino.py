@@ -65,6 +65,7 @@ class OpenVINOEngine(Engine):
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.config = dict(config)
+        self.threads, self.cache_dir = threads, cache_dir
         if cache_dir is not None:
             # OpenVINO's compiled-model cache: a second process opening the same engine skips most of the
             # compilation (measured 0.8-1.2 s -> 0.3-0.45 s for the demo INT8 engine on 2 cores).
@@ -74,6 +75,17 @@ class OpenVINOEngine(Engine):
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return np.array(self._run(batch), dtype=np.float32, copy=True)
+
+    def with_window(self, roi) -> "OpenVINOEngine":
+        """The same network compiled for windows of ``roi`` voxels (a fully convolutional network runs on any size
+        its strides divide; instance normalisation makes its outputs depend on the size, so measure before use)."""
+        model = self.model.clone()
+        shape = list(model.inputs[0].get_shape())
+        try:
+            model.reshape([*shape[:2], *(int(r) for r in roi)])
+            return OpenVINOEngine(model, self.precision, self.batch_size, self.threads, self.cache_dir)
+        except RuntimeError as exc:  # e.g. a Reshape with a constant target shape inside the graph
+            raise PTQError(f"this {self.precision} graph cannot take {list(roi)} windows ({_first_line(exc)})") from None
 
     def infer_torch(self, batch):
         """Logits as a view of the request's output buffer, valid until the next call.
@@ -102,8 +114,12 @@ class OpenVINOEngine(Engine):
         ov.save_model(self.model, str(Path(folder) / REFERENCE_FILE), compress_to_fp16=True)
         return [REFERENCE_FILE, REFERENCE_WEIGHTS]
 
-    def runtime_report(self) -> dict:
-        """Executed layers per runtime precision, from the compiled model (what really runs)."""
+    def runtime_report(self, window: np.ndarray | None = None) -> dict:
+        """Executed layers per runtime precision, from the compiled model (what really runs).
+
+        With a ``window`` (a batch of input patches), also where that window's time goes (``profile``):
+        ``int8_conv_time_share`` (the share of convolution time in int8 kernels, 0..1) and ``profile``.
+        """
         by_precision: Counter = Counter()
         convolutions: Counter = Counter()
         for op in self.compiled.get_runtime_model().get_ordered_ops():
@@ -115,7 +131,12 @@ class OpenVINOEngine(Engine):
             by_precision[precision] += 1
             if layer_type in ("Convolution", "Deconvolution"):
                 convolutions[precision] += 1
-        return {"layers_by_precision": dict(by_precision), "convolutions_by_precision": dict(convolutions)}
+        report = {"layers_by_precision": dict(by_precision), "convolutions_by_precision": dict(convolutions)}
+        if window is not None:
+            profile = self.profile(window)
+            report["int8_conv_time_share"] = profile.pop("int8_conv_share")
+            report["profile"] = profile
+        return report
 
     def profile(self, window: np.ndarray, repeats: int = 3) -> dict:
         """Where one window's time goes (OpenVINO PERF_COUNT on a second compilation of the same model).

@@ -287,7 +287,7 @@ class TensorRTEngine(Engine):
         (folder / REPORT_FILE).write_text(json.dumps(self.report, indent=2))
         return [PLAN_FILE, GRAPH_FILE, REPORT_FILE]
 
-    def runtime_report(self) -> dict:
+    def runtime_report(self, window=None) -> dict:
         """Library, GPU, plan size, the graph's Q/DQ summary, and (after a GPU run) per-layer precision."""
         report = dict(self.report)
         if "layers_by_precision" not in report:
