@@ -196,8 +196,8 @@ def load_network(spec: ModelSpec, weights_path: str | os.PathLike | None) -> tor
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise PTQError(f"{Path(weights_path).name} does not fit model '{spec.name}': missing keys {_few(missing)}; "
-                       f"unexpected keys {_few(unexpected)}")
+        raise PTQError(f"{Path(weights_path).name} does not fit model '{spec.name}': missing keys {few_keys(missing)}; "
+                       f"unexpected keys {few_keys(unexpected)}")
     wrong = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
     if wrong:
         k = wrong[0]
@@ -207,7 +207,8 @@ def load_network(spec: ModelSpec, weights_path: str | os.PathLike | None) -> tor
     return network.eval()
 
 
-def _few(keys: list[str], limit: int = 4) -> str:
+def few_keys(keys: list[str], limit: int = 4) -> str:
+    """Up to ``limit`` checkpoint keys for a message ("none" for none, "... and N more" beyond)."""
     if not keys:
         return "none"
     return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")

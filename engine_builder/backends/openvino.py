@@ -295,10 +295,16 @@ def _share(part: float, whole: float) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
+#: Operations between a quantized tensor and its consumer that keep it int8 (layout changes, slicing q/k/v out of
+#: one tensor, NNCF's weight dequantization chain).
+_INT8_PRESERVING = ("Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze", "Squeeze", "Gather",
+                    "Split", "VariadicSplit")
+
+
 def _int8_input(node) -> bool:
     """An operation input that runs in int8: a FakeQuantize, a concatenation of such inputs (a U-Net's skip +
     upsampled features: the CPU plugin concatenates in int8), or weights stored as an int8 constant (NNCF's weight
-    compression: Constant i8/u8 -> Convert -> [Subtract] -> Multiply); reshapes and transposes pass through."""
+    compression: Constant i8/u8 -> Convert -> [Subtract] -> Multiply), through ``_INT8_PRESERVING`` operations."""
     while True:
         kind = node.get_type_name()
         if kind == "FakeQuantize":
@@ -307,7 +313,7 @@ def _int8_input(node) -> bool:
             return all(_int8_input(node.input_value(i).get_node()) for i in range(node.get_input_size()))
         if kind == "Constant":
             return node.get_element_type().get_type_name() in ("i8", "u8")
-        if kind not in ("Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze", "Squeeze"):
+        if kind not in _INT8_PRESERVING:
             return False
         node = node.input_value(0).get_node()
 
