@@ -110,6 +110,7 @@ class PTQSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/PTQSegment.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
+        self._modelTooltip = self.ui.modelComboBox.toolTip  # the .ui's; a registry model's summary replaces it
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = PTQSegmentLogic()
         self.jobs = JobRunner(self.logic, slicer.mrmlScene, self.onJobFinished)  # cancels its job when the scene closes
@@ -176,6 +177,8 @@ class PTQSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         custom = parameters.modelName == CUSTOM_MODEL
         for widget in (self.ui.architectureLabel, self.ui.architectureComboBox, self.ui.weightsLabel, self.ui.weightsPathLineEdit):
             widget.visible = custom
+        self.ui.modelComboBox.toolTip = self.logic.modelSummary(parameters.customArchitecture if custom
+                                                                else parameters.modelName) or self._modelTooltip
         self.ui.calibrationPathLineEdit.enabled = not parameters.useSceneVolumes
         self.ui.buildButton.text = (_("Build INT8 engine") if parameters.precision == "int8"
                                     else _("Build {precision} engine").format(precision=parameters.precision))

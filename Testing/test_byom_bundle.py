@@ -9,7 +9,7 @@ with its ``$``-expressions for imports, device and data list; ``configs/metadata
   Invertd, argmax, SaveImaged) on the MSD spleen crop; PTQSegment's FP32 label map agrees on >= 0.99 of the voxels.
   On a CT already at the bundle's spacing and orientation, the preprocessed images and the sliding-window logits
   (OpenVINO FP32 engine vs MONAI's inferer over the torch network) are compared by relative L2;
-- the registry's ``unet`` entry builds from a spleen bundle found in the bundle cache (no download);
+- the registry's ``unet`` entry builds with the weights of a spleen bundle found in the bundle cache (no download);
 - bad bundles, one line each, exit 2, nothing written, no config code run: a ``$``-expression in network_def, a
   network that is not allow-listed, a transform PTQSegment cannot reproduce, no metadata.json, a zip escaping its folder.
 """
@@ -223,21 +223,22 @@ def _windows(image, engine, spec) -> np.ndarray:
 
 
 def test_registry_unet_builds_from_a_cached_bundle(tmp_path, calib_dir):
-    """``--model unet`` finds spleen_ct_segmentation in <cache>/bundles (put there by hand behind a proxy)."""
+    """``--model unet`` finds the weights of spleen_ct_segmentation in <cache>/bundles (put there by hand behind a
+    proxy): the registry spec is the bundle's published configuration, the bundle gives its models/model.pt."""
     spec = get_spec("unet")
     torch.manual_seed(0)
     state = spec.build_network().state_dict()
-    config = inference_config(**{k: list(v) if isinstance(v, tuple) else v for k, v in spec.arch_args.items()})
-    config["preprocessing"]["transforms"][3]["pixdim"] = list(spec.spacing_mm)
-    config["preprocessing"]["transforms"][4].update(a_min=-57, a_max=164)
-    config["inferer"] = {"_target_": "SlidingWindowInferer", "roi_size": [96, 96, 96], "sw_batch_size": 4, "overlap": 0.5}
     cache = tmp_path / "cache"
-    write_bundle(cache / "bundles" / "spleen_ct_segmentation", state, config, metadata(["background", "spleen"]))
+    config = inference_config(**{k: list(v) if isinstance(v, tuple) else v for k, v in spec.arch_args.items()})
+    folder = write_bundle(cache / "bundles" / "spleen_ct_segmentation", state, config, metadata(["background", "spleen"]))
     result, out = _build(tmp_path, "--model", "unet", precision="fp32", env={"PTQSEG_CACHE": str(cache)})
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["source"]["kind"] == "bundle" and manifest["spec"]["name"] == "unet"
-    assert manifest["spec"]["overlap"] == 0.5 and manifest["spec"]["blend"] == "constant"  # the bundle's own inferer
+    assert manifest["spec"]["name"] == "unet" and manifest["weights"]["file"] == "model.pt"
+    from engine_builder.files import file_sha256
+
+    assert manifest["weights"]["sha256"] == file_sha256(folder / "models" / "model.pt")
+    assert manifest["spec"]["overlap"] == 0.5 and manifest["spec"]["blend"] == "constant"  # the bundle's inferer
     assert manifest["spec"]["labels"][1]["terminology"] == spec.labels[1].terminology
 
 

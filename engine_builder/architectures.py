@@ -26,6 +26,7 @@ ALLOWED: dict[str, tuple[str, str]] = {
     "engine_builder.networks.unest.UNesT": ("engine_builder.networks.unest", "UNesT"),
     "engine_builder.networks.transunet.TransUNet3D": ("engine_builder.networks.transunet", "TransUNet3D"),
     "engine_builder.networks.stunet.STUNet": ("engine_builder.networks.stunet", "STUNet"),
+    "engine_builder.networks.vista3d.VISTA3DAuto": ("engine_builder.networks.vista3d", "VISTA3DAuto"),
     # nnU-Net v2 folders: dynamic_network_architectures networks named by allow-listed strings (networks/nnunet.py)
     "engine_builder.networks.nnunet.NNUNet": ("engine_builder.networks.nnunet", "NNUNet"),
 }

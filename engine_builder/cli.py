@@ -76,7 +76,11 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument("--fold", nargs="+", help="nnU-Net folds to use (numbers or 'all' for fold_all; default: every "
                                                  "fold present, logits averaged)")
     build.add_argument("--mirror", action="store_true", help="nnU-Net test-time mirroring (off by default: 8x the work)")
-    build.add_argument("--weights", help="state-dict file for the model (default: the model's own weights)")
+    build.add_argument("--weights", help="the model's weights: a state-dict file, a MONAI bundle folder or an nnU-Net "
+                                         "folder, whichever the model's published checkpoint is (default: found on "
+                                         "this machine, see 'ptqseg models')")
+    build.add_argument("--download", action="store_true",
+                       help="fetch the model's published weights (MONAI bundle, TotalSegmentator) when they are not here")
     build.add_argument("--calib", help="folder of unlabeled volumes (NIfTI, NRRD, DICOM), searched recursively")
     build.add_argument("--out", help="engine directory to write (default: the engine cache; the path is printed)")
     build.add_argument("--precision", default="int8", help="int8 (default), fp32, bf16 (openvino), fp16 (torch on CUDA)")
@@ -209,7 +213,7 @@ def cmd_build(args) -> int:
                            accuracy_control=args.accuracy_control, batch_size=args.batch,
                            patches_per_volume=args.patches, seed=args.seed, min_agreement=args.min_agreement,
                            keep_float=tuple(args.keep_float), threads=args.threads, device=args.device,
-                           allow_random_weights=args.random_init, progress=not args.quiet)
+                           allow_random_weights=args.random_init, download=args.download, progress=not args.quiet)
     result = build_engine(request, out=args.out, cache_root=args.cache)
     emit("result", engine_dir=str(result.engine_dir), cache_hit=result.cache_hit, warnings=result.warnings)
     print(("reused cached engine " if result.cache_hit else "built engine ") + str(result.engine_dir))
@@ -368,12 +372,15 @@ def cmd_info(args) -> int:
 
 
 def cmd_models(args) -> int:
+    from .describe import weights_origin
     from .models import registry
 
     for name, spec in sorted(registry().items()):
-        print(f"{name:12s} {spec.architecture.rsplit('.', 1)[-1]:10s} {len(spec.labels):4d} labels  "
-              f"roi {'x'.join(map(str, spec.roi_size))}  {spec.spacing_mm[0]:g} mm  weights: {spec.weights.kind}  {spec.description}")
+        print(f"{name:20s} {spec.architecture.rsplit('.', 1)[-1]:12s} {len(spec.labels):4d} labels  "
+              f"roi {'x'.join(map(str, spec.roi_size)):11s} {'x'.join(f'{s:g}' for s in spec.spacing_mm):11s} mm  "
+              f"{spec.description}\n{'':20s} weights: {weights_origin(spec)}")
     return 0
+
 
 
 def cmd_capabilities(args) -> int:

@@ -1,6 +1,7 @@
-"""Engines described in words: what ``ptqseg info``/``build`` print and what the Slicer panel shows.
+"""Engines and registry models described in words: what ``ptqseg info``/``build``/``models`` print and what the
+Slicer panel shows.
 
-Reads only the (checked) manifest, imports nothing heavy: the Slicer module calls it in Slicer's own process.
+Reads only the (checked) manifest or a spec, imports nothing heavy: the Slicer module calls it in Slicer's own process.
 """
 
 from __future__ import annotations
@@ -101,3 +102,23 @@ def describe_manifest(manifest: dict) -> str:
     return "\n".join(lines)
 
 
+
+
+def weights_origin(spec) -> str:
+    """Where a registry model's weights come from, in words (``spec.weights``)."""
+    source = spec.weights
+    return {"packaged": f"shipped ({source.path})",
+            "monai_bundle": f"MONAI bundle {source.name} ({source.path}; --download fetches it)",
+            "nnunet": f"nnU-Net folder {source.name}/{source.path} (--download: TotalSegmentator's downloader)",
+            "release": f"released file {source.name}, by hand from {source.url or 'the authors'}",
+            "none": "none published: --weights FILE" + (f" (see {source.url})" if source.url else "")}[source.kind]
+
+
+def describe_model(spec, max_labels: int = 40) -> str:
+    """A registry model in a few lines: description, input, weights and its label set (the first ``max_labels``)."""
+    names = [label.name for label in spec.labels[1:]]
+    shown = ", ".join(names[:max_labels]) + (f" and {len(names) - max_labels} more" if len(names) > max_labels else "")
+    return (f"{spec.description}\n"
+            f"{spec.modality}, {' x '.join(f'{s:g}' for s in spec.spacing_mm)} mm, window {' x '.join(map(str, spec.roi_size))} voxels\n"
+            f"Weights: {weights_origin(spec)}\n"
+            f"Labels ({len(names)}): {shown}")

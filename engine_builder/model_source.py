@@ -1,10 +1,14 @@
 """Where a model comes from, and its FP32 ONNX graph: the one input every backend builds from.
 
-    resolve(model, weights=None, batch=1, allow_random_weights=False) -> ModelSource
+    resolve(model, weights=None, batch=1, allow_random_weights=False, download=False) -> ModelSource
 
 ``model`` is a registry name, a ``ModelSpec`` (an allow-listed architecture), or a ``CustomModel`` naming a
 user's file: an ONNX graph or a TorchScript archive with a spec file, a MONAI bundle (folder or zip), or an
-nnU-Net v2 results folder. Everything is checked here, before any work (spec against graph, labels against
+nnU-Net v2 results folder. A registry spec is the model's published configuration; its weights come from
+``--weights`` or from where the spec says the published checkpoint is (``weights.resolve_weights``: the packaged
+file, a MONAI bundle's weights file, a released file), looked for on this machine and downloaded only with
+``download``. A registry spec whose weights are an nnU-Net folder takes its configuration from that folder's plans
+(under the registry's name, colours and terminology), since nnU-Net's plans are part of the checkpoint. Everything is checked here, before any work (spec against graph, labels against
 outputs, weights against the network), with one line per problem. The source then gives the FP32 graph for a
 batch size (``ModelSource.fp32_graph``): the network exported with ``export.export_onnx``, or the user's ONNX
 with its symbolic dimensions fixed. ``files`` (name -> SHA-256) goes into the engine cache key and the manifest.
@@ -12,6 +16,7 @@ with its symbolic dimensions fixed. ``files`` (name -> SHA-256) goes into the en
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -91,7 +96,7 @@ class ModelSource:
 
 
 def resolve(model, weights: str | Path | None = None, batch: int = 1, allow_random_weights: bool = False,
-            bundle_dir: str | Path | None = None) -> ModelSource:
+            download: bool = False) -> ModelSource:
     """The ``ModelSource`` for a registry name, a ``ModelSpec`` or a ``CustomModel`` (module docstring)."""
     if isinstance(model, CustomModel):
         if weights is not None:
@@ -100,18 +105,19 @@ def resolve(model, weights: str | Path | None = None, batch: int = 1, allow_rand
     from .models import get_spec
 
     spec = model if isinstance(model, ModelSpec) else get_spec(model)
-    if spec.weights.kind == "monai_bundle" and weights is None and not allow_random_weights:
-        from .weights import find_bundle
+    random_init = allow_random_weights and weights is None  # speed benchmarks only
+    if spec.weights.kind == "nnunet" and not random_init:
+        from .weights import find_nnunet_folder
 
-        return _bundle_source(CustomModel("bundle", find_bundle(spec, bundle_dir), name=spec.name), registry=spec)
-    return _registry_source(spec, weights, allow_random_weights)
+        source = _nnunet_source(CustomModel("nnunet", find_nnunet_folder(spec, weights, download)), batch)
+        return dataclasses.replace(source, spec=_registry_flavoured(source.spec, spec))
+    return _registry_source(spec, weights, random_init, download)
 
 
-def _registry_source(spec: ModelSpec, weights, allow_random_weights: bool) -> ModelSource:
+def _registry_source(spec: ModelSpec, weights, random_init: bool, download: bool) -> ModelSource:
     from .weights import load_network, resolve_weights
 
-    random_init = allow_random_weights and weights is None  # speed benchmarks only
-    weights_path = None if random_init else resolve_weights(spec, weights)
+    weights_path = None if random_init else resolve_weights(spec, weights, download=download)
     network = load_network(spec, weights_path)  # fails early on weights that do not fit
     files = {"weights": file_sha256(weights_path)} if weights_path else {}
     return ModelSource("registry", spec, network, files=files, weights_path=weights_path)
@@ -162,14 +168,14 @@ def _torchscript_source(custom: CustomModel, batch: int) -> ModelSource:
     return ModelSource("torchscript", spec, module, None, files)
 
 
-def _bundle_source(custom: CustomModel, batch: int = 1, registry: ModelSpec | None = None) -> ModelSource:
+def _bundle_source(custom: CustomModel, batch: int = 1) -> ModelSource:
     from .byom.bundle import open_bundle, read_bundle
     from .weights import load_network
 
     scratch = Path(tempfile.mkdtemp(prefix="ptqseg-bundle-"))
     try:
         bundle = read_bundle(open_bundle(custom.path, scratch), custom.name)
-        spec = bundle.spec if registry is None else _registry_flavoured(bundle.spec, registry)
+        spec = bundle.spec
         try:
             network = load_network(spec, bundle.weights)
         except (TypeError, ValueError) as exc:
@@ -182,9 +188,7 @@ def _bundle_source(custom: CustomModel, batch: int = 1, registry: ModelSpec | No
 
 
 def _registry_flavoured(spec: ModelSpec, registry: ModelSpec) -> ModelSpec:
-    """A downloaded bundle's spec under its registry name, with the registry's label colours and terminology."""
-    import dataclasses
-
+    """A folder's spec (nnU-Net plans) under its registry name, with the registry's label colours and terminology."""
     known = {label.name: label for label in registry.labels}
     labels = tuple(dataclasses.replace(known[l.name], value=l.value) if l.name in known else l for l in spec.labels)
     return dataclasses.replace(spec, name=registry.name, description=registry.description, labels=labels,

@@ -59,16 +59,18 @@ class BuildRequest:
     threads: int | None = None
     device: str = "cpu"
     allow_random_weights: bool = False
+    download: bool = False
     progress: bool = True
 
     def resolved_spec(self) -> ModelSpec:
         """The spec of a registry name or ModelSpec (a CustomModel's spec comes from ``model_source.resolve``)."""
         return self.model if isinstance(self.model, ModelSpec) else get_spec(self.model)
 
-    def options(self) -> BuildOptions:
+    def options(self, spec: ModelSpec) -> BuildOptions:
+        """The backend options for building ``spec`` (its network kind picks the quantizer's model type)."""
         return BuildOptions(method=self.method, preset=self.preset, bias_correction=self.bias_correction,
                             max_drop=self.max_drop, threads=self.threads, device=self.device,
-                            keep_float=tuple(self.keep_float), progress=self.progress)
+                            keep_float=tuple(self.keep_float), progress=self.progress, network_kind=spec.network_kind)
 
 
 @dataclass
@@ -104,7 +106,7 @@ def check_request(request: BuildRequest) -> tuple[ModelSource, object]:
         raise PTQError(f"--min-agreement must be a fraction between 0 and 1, got {request.min_agreement}")
     if request.batch_size < 1:
         raise PTQError("--batch must be at least 1")
-    source = resolve(request.model, request.weights, request.batch_size, request.allow_random_weights)
+    source = resolve(request.model, request.weights, request.batch_size, request.allow_random_weights, request.download)
     if backend.name == "torch" and source.spec.graph_only:
         raise PTQError("the torch backend needs a network definition PTQSegment knows, and a "
                        f"{source.kind} model is a graph: use --backend openvino")
@@ -171,7 +173,7 @@ def _build_into(target: Path, request: BuildRequest, source: ModelSource, backen
         with tempfile.TemporaryDirectory(prefix="ptqseg-export-") as scratch:
             with stage("export"):
                 graph = with_subpixel_form(source.fp32_graph(scratch, request.batch_size), Path(scratch))
-            options = request.options()
+            options = request.options(spec)
             with stage("quantize" if request.precision == "int8" else "compile"):
                 engine = backend.build(graph, calibration.patches if calibration else None, request.precision, options)
             assessment = _assess(backend, graph, calibration, engine, request, options)

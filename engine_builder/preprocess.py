@@ -65,7 +65,7 @@ def preprocess_monai(volume: Volume, spec: ModelSpec) -> Preprocessed:
     """
     import torch
     from monai.data import MetaTensor
-    from monai.transforms import NormalizeIntensity, Orientation, ScaleIntensityRange, Spacing, Zoom
+    from monai.transforms import NormalizeIntensity, Orientation, ScaleIntensity, ScaleIntensityRange, Spacing, Zoom
 
     image = MetaTensor(torch.from_numpy(np.asarray(volume.array, dtype=np.float32))[None], affine=torch.from_numpy(volume.affine))
     if spec.orientation != STORED:
@@ -86,6 +86,8 @@ def preprocess_monai(volume: Volume, spec: ModelSpec) -> Preprocessed:
         data = ScaleIntensityRange(intensity.a_min, intensity.a_max, intensity.b_min, intensity.b_max, clip=True)(data)
     elif intensity.kind == "zscore":
         data = NormalizeIntensity(nonzero=True)(data)
+    elif intensity.kind == "zscore_minmax":
+        data = ScaleIntensity(minv=intensity.b_min, maxv=intensity.b_max)(NormalizeIntensity(nonzero=True)(data))
     else:
         return _axis_order(normalize(np.ascontiguousarray(data.numpy()), intensity), affine, spec)
     return _axis_order(np.ascontiguousarray(data.numpy()), affine, spec)
@@ -108,13 +110,13 @@ def normalize(image: np.ndarray, intensity: Intensity) -> np.ndarray:
         image *= np.float32(intensity.b_max - intensity.b_min)
         image += np.float32(intensity.b_min)
         return np.clip(image, intensity.b_min, intensity.b_max, out=image)
-    if intensity.kind == "zscore":
+    if intensity.kind in ("zscore", "zscore_minmax"):
         nonzero = image != 0
         values = image[nonzero]
         if values.size:
             std = float(values.std())
             image[nonzero] = (values - np.float32(values.mean())) / np.float32(std if std != 0.0 else 1.0)
-        return image
+        return image if intensity.kind == "zscore" else _min_max(image, intensity.b_min, intensity.b_max)
     from scipy.ndimage import binary_fill_holes
 
     from .nnunet_steps import normalize_nnunet
@@ -123,9 +125,21 @@ def normalize(image: np.ndarray, intensity: Intensity) -> np.ndarray:
     return np.stack([normalize_nnunet(c, m, intensity) for c, m in zip(image, masks)]).astype(np.float32)
 
 
+def _min_max(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    """The image's minimum..maximum scaled linearly to low..high, in place (MONAI ``ScaleIntensity``). A constant
+    image, which the input checks refuse before this, becomes all ``low``."""
+    lo, hi = float(image.min()), float(image.max())
+    image -= np.float32(lo)
+    if hi > lo:
+        image /= np.float32(hi - lo)
+    image *= np.float32(high - low)
+    image += np.float32(low)
+    return image
+
+
 def background_value(intensity: Intensity) -> float:
     """The normalised value of air/empty space: used to pad patches and small volumes."""
-    if intensity.kind == "window":
+    if intensity.kind in ("window", "zscore_minmax"):  # zscore_minmax: air is the image's minimum
         return float(intensity.b_min)
     if intensity.kind == "ct_clip_zscore":
         return float((intensity.a_min - intensity.mean) / intensity.std)
@@ -136,6 +150,8 @@ def foreground_threshold(intensity: Intensity) -> float:
     """Normalised value above which a voxel is body rather than air (-500 HU for CT windows)."""
     if intensity.kind == "ct_clip_zscore":
         return float((np.clip(-500.0, intensity.a_min, intensity.a_max) - intensity.mean) / intensity.std)
+    if intensity.kind == "zscore_minmax":  # air sits at the minimum; body is well above a tenth of the range
+        return float(intensity.b_min + 0.1 * (intensity.b_max - intensity.b_min))
     return normalised_hu(-500.0, intensity) if intensity.kind == "window" else 0.0
 
 

@@ -90,5 +90,8 @@ def check_memory(volume: Volume, spec: ModelSpec, name: str, memory_budget: int 
 
 
 def background_intensity(spec: ModelSpec) -> float:
-    """The raw intensity that means "nothing here": the window's lower end for CT (air), 0 for z-scored MR."""
-    return float(spec.intensity.a_min) if spec.intensity.kind in ("window", "ct_clip_zscore") else 0.0
+    """The raw intensity that means "nothing here": the window's lower end for CT (air), -1000 HU for a z-scored CT,
+    0 for z-scored MR."""
+    if spec.intensity.kind in ("window", "ct_clip_zscore"):
+        return float(spec.intensity.a_min)
+    return -1000.0 if spec.modality == "CT" and spec.intensity.kind == "zscore_minmax" else 0.0

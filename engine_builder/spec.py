@@ -20,8 +20,12 @@ from .architectures import is_allowed, network_class
 from .errors import PTQError
 from .schema import Fields, plain_json
 
-INTENSITY_KINDS = ("window", "zscore", "ct_clip_zscore", "nnunet_zscore", "none")
-WEIGHTS_KINDS = ("packaged", "monai_bundle", "none")
+INTENSITY_KINDS = ("window", "zscore", "zscore_minmax", "ct_clip_zscore", "nnunet_zscore", "none")
+WEIGHTS_KINDS = ("packaged", "monai_bundle", "nnunet", "release", "none")
+#: What the network computes with, for quantizers that treat the two differently (NNCF's transformer model type
+#: quantizes MatMul inputs and leaves Softmax/LayerNorm/GELU patterns in float); hybrids with attention are
+#: ``transformer``.
+NETWORK_KINDS = ("cnn", "transformer")
 #: Where a spec came from. Graph sources carry the network as a graph file only (architecture "").
 SOURCE_KINDS = ("registry", "onnx", "torchscript", "bundle", "nnunet")
 GRAPH_SOURCES = ("onnx", "torchscript")
@@ -66,6 +70,9 @@ class Intensity:
     ``kind="window"``: clip to [a_min, a_max] (HU for CT) and scale linearly to [b_min, b_max].
     ``kind="zscore"``: subtract the mean and divide by the standard deviation of the non-zero voxels (MR; MONAI's
     ``NormalizeIntensity(nonzero=True)``).
+    ``kind="zscore_minmax"``: ``zscore``, then scale the whole image's minimum..maximum linearly to [b_min, b_max]
+    (MONAI ``NormalizeIntensity(nonzero=True)`` + ``ScaleIntensity(minv=b_min, maxv=b_max)``, the MONAI zoo's
+    whole-body CT SegResNet).
     ``kind="ct_clip_zscore"``: clip to [a_min, a_max] (nnU-Net: the dataset's 0.5 and 99.5 foreground percentiles,
     HU), subtract ``mean`` and divide by ``std`` (the dataset's foreground statistics, HU): nnU-Net's CT scheme.
     ``kind="nnunet_zscore"``: nnU-Net's per-image z-score, over the whole (cropped) image, or with ``use_mask`` over
@@ -91,15 +98,19 @@ class Intensity:
 class WeightsSource:
     """Where pretrained weights come from.
 
-    kind: ``packaged`` (a file shipped inside engine_builder/models/weights), ``monai_bundle`` (downloaded
-    with ``monai.bundle.download``; ``path`` is the file inside the bundle) or ``none`` (the user passes
-    ``--weights``). ``sha256`` pins the expected file where known.
+    kind: ``packaged`` (a file shipped inside engine_builder/models/weights), ``monai_bundle`` (a MONAI model-zoo
+    bundle called ``name``; ``path`` is the weights file inside it), ``nnunet`` (an nnU-Net v2 results folder:
+    ``name`` is the dataset folder, ``path`` the ``<Trainer>__<Plans>__<configuration>`` folder inside it),
+    ``release`` (a checkpoint file the authors published, ``name`` its file name, downloaded by hand from ``url``)
+    or ``none`` (the user passes ``--weights``; ``url`` may say where a checkpoint can be had, if anywhere).
+    ``sha256`` pins the expected file where known.
     """
 
     kind: str = "none"
     name: str = ""
     path: str = ""
     sha256: str = ""
+    url: str = ""
 
 
 @dataclass(frozen=True)
@@ -124,6 +135,7 @@ class ModelSpec:
     pipeline: str = "monai"
     axis_order: tuple[int, int, int] = (0, 1, 2)
     blend: str = "gaussian"
+    network_kind: str = "cnn"
 
     def __post_init__(self) -> None:
         values = [label.value for label in self.labels]
@@ -140,6 +152,8 @@ class ModelSpec:
             raise PTQError(f"model '{self.name}': only a graph source ({', '.join(GRAPH_SOURCES)}) has no architecture")
         if sorted(self.axis_order) != [0, 1, 2]:
             raise PTQError(f"model '{self.name}': axis_order {self.axis_order} is not a permutation of 0, 1, 2")
+        if self.network_kind not in NETWORK_KINDS:
+            raise PTQError(f"model '{self.name}': network_kind {self.network_kind!r} is not one of {', '.join(NETWORK_KINDS)}")
 
     @property
     def out_channels(self) -> int:
@@ -172,6 +186,9 @@ class ModelSpec:
         for key, default in _OPTIONAL_INTENSITY_FIELDS.items():
             if data["intensity"][key] == default:
                 del data["intensity"][key]
+        for key, default in _OPTIONAL_WEIGHTS_FIELDS.items():
+            if data["weights"][key] == default:
+                del data["weights"][key]
         return data
 
     @classmethod
@@ -229,6 +246,7 @@ class ModelSpec:
             pipeline=fields.string("pipeline", PIPELINES, required=False, default="monai"),
             axis_order=axis_order,
             blend=fields.string("blend", BLEND_MODES, required=False, default="gaussian"),
+            network_kind=fields.string("network_kind", NETWORK_KINDS, required=False, default="cnn"),
         )
 
     def fingerprint(self) -> str:
@@ -252,6 +270,8 @@ def _intensity_from(fields: Fields) -> Intensity:
                           use_mask=fields.boolean("use_mask", required=False, default=False))
     if intensity.kind in ("window", "ct_clip_zscore") and not intensity.a_min < intensity.a_max:
         fields.fail(f"has a_min {intensity.a_min} >= a_max {intensity.a_max}", "a_min")
+    if intensity.kind == "zscore_minmax" and not intensity.b_min < intensity.b_max:
+        fields.fail(f"has b_min {intensity.b_min} >= b_max {intensity.b_max}", "b_min")
     if intensity.kind == "ct_clip_zscore" and not intensity.std > 0:
         fields.fail(f"is {intensity.std}, must be above 0", "std")
     return intensity
@@ -264,16 +284,18 @@ def _weights_from(fields: Fields | None) -> WeightsSource:
     kind = fields.string("kind", WEIGHTS_KINDS)
     path = fields.string("path", required=False, default="", max_length=512)
     escapes = "\\" in path or path.startswith("/") or ".." in path.split("/")
-    if escapes or (kind == "packaged" and "/" in path):
-        fields.fail(f"is {path!r}: a weights path must stay inside its package or bundle", "path")
+    if escapes or (kind in ("packaged", "nnunet", "release") and "/" in path):
+        fields.fail(f"is {path!r}: a weights path must stay inside its package, bundle or folder", "path")
     return WeightsSource(kind=kind, name=fields.string("name", required=False, default="", plain_name=False, max_length=256),
-                         path=path, sha256=fields.string("sha256", required=False, default="", max_length=64))
+                         path=path, sha256=fields.string("sha256", required=False, default="", max_length=64),
+                         url=fields.string("url", required=False, default="", max_length=512))
 
 
 # Fields added after engine format 2, left out of ``to_dict`` at these defaults (see ``ModelSpec.to_dict``).
 _OPTIONAL_SPEC_FIELDS = {"source": "registry", "in_channels": 1, "pipeline": "monai", "axis_order": (0, 1, 2),
-                         "blend": "gaussian"}
+                         "blend": "gaussian", "network_kind": "cnn"}
 _OPTIONAL_INTENSITY_FIELDS = {"mean": 0.0, "std": 1.0, "use_mask": False}
+_OPTIONAL_WEIGHTS_FIELDS = {"url": ""}
 
 
 def _plain(value: Any) -> Any:
@@ -283,6 +305,17 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def labels_from_table(items: Any, where: str) -> tuple[Label, ...]:
+    """Labels from a table's list of ``{"value", "name", "color"?, "terminology"?, ...}`` objects (values 0..N-1 in
+    order), each field checked; a label without a colour of its own gets the palette's colour for its value."""
+    labels = tuple(_label_from(item) for item in Fields({"labels": items}, where).objects("labels", 2, 4096))
+    if [label.value for label in labels] != list(range(len(labels))):
+        raise PTQError(f"{where}: label values must be 0..N-1 in order")
+    colored = {item["value"] for item in items if "color" in item}
+    return tuple(label if label.value in colored else dataclasses.replace(label, color=_PALETTE[label.value % len(_PALETTE)])
+                 for label in labels)
 
 
 def labels_from_names(names: Sequence[str], colors: Mapping[str, tuple[int, int, int]] | None = None) -> tuple[Label, ...]:

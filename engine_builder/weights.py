@@ -28,46 +28,120 @@ from .spec import ModelSpec
 _WRAPPER_KEYS = ("state_dict", "model", "network_weights", "model_state_dict", "net")
 
 
-def resolve_weights(spec: ModelSpec, weights: str | os.PathLike | None = None, download_dir: str | os.PathLike | None = None) -> Path:
-    """The weights file for ``spec``: the user's, the packaged one, or a downloaded MONAI bundle."""
+def resolve_weights(spec: ModelSpec, weights: str | os.PathLike | None = None, download_dir: str | os.PathLike | None = None,
+                    download: bool = False) -> Path:
+    """The weights file for ``spec``: the user's (a file; for a bundle model also the bundle folder), the packaged
+    one, or the spec's published checkpoint found on this machine (fetched first with ``download``, where a
+    library can fetch it). nnU-Net folders are found by ``find_nnunet_folder``."""
+    source = spec.weights
     if weights is not None:
         path = Path(weights)
+        if path.is_dir() and source.kind == "monai_bundle":
+            if not (path / source.path).is_file():
+                raise PTQError(f"{path} is not a MONAI bundle of model '{spec.name}': it has no {source.path}")
+            return path / source.path
         if not path.is_file():
             raise PTQError(f"weights file {path} not found")
         return path
-    source = spec.weights
     if source.kind == "packaged":
         path = PACKAGED_WEIGHTS / source.path
         if not path.is_file():
             raise PTQError(f"model '{spec.name}': its packaged weights {path.name} are missing from this installation; reinstall or pass --weights FILE")
         return path
     if source.kind == "monai_bundle":
-        return find_bundle(spec, download_dir) / source.path
-    raise PTQError(f"model '{spec.name}' has no pretrained weights: pass --weights FILE (a state dict for {spec.architecture})")
+        return find_bundle(spec, download_dir, download) / source.path
+    if source.kind == "release":
+        return find_release(spec, download_dir)
+    where = f" ({source.url})" if source.url else ""
+    raise PTQError(f"model '{spec.name}' has no published weights{where}: pass --weights FILE (a state dict for "
+                   f"{spec.architecture}), or --random-init for speed measurements")
 
 
-def find_bundle(spec: ModelSpec, bundle_dir: str | os.PathLike | None = None) -> Path:
-    """The folder of ``spec``'s MONAI model-zoo bundle: found in the bundle cache (``<cache>/bundles/<name>``,
-    put there by hand behind a proxy, or by an earlier download) or downloaded with ``monai.bundle`` (needs internet)."""
+def find_bundle(spec: ModelSpec, bundle_dir: str | os.PathLike | None = None, download: bool = False) -> Path:
+    """The folder of ``spec``'s MONAI model-zoo bundle in the bundle cache (``<cache>/bundles/<name>``, put there by
+    hand or by an earlier download); with ``download``, fetched there with ``monai.bundle`` first (needs internet)."""
     from .artifact import default_cache_root
 
     bundle_root = Path(bundle_dir or default_cache_root() / "bundles")
     folder = bundle_root / spec.weights.name
     target = folder / spec.weights.path
+    if not target.is_file() and not download:
+        raise PTQError(f"model '{spec.name}': its weights are MONAI bundle '{spec.weights.name}' ({spec.weights.path}), "
+                       f"which is not in {bundle_root}: pass --weights with the bundle folder (or the file), put the "
+                       "bundle folder there, or add --download to fetch it with monai.bundle")
     if not target.is_file():
-        from monai.bundle import download
+        from monai.bundle import download as download_bundle
 
         try:
-            download(name=spec.weights.name, bundle_dir=str(bundle_root), progress=True)
+            download_bundle(name=spec.weights.name, bundle_dir=str(bundle_root), progress=True)
         except Exception as exc:  # network errors come in many types
-            raise PTQError(f"model '{spec.name}': MONAI bundle '{spec.weights.name}' is not in {bundle_root} and cannot be "
-                           f"downloaded ({type(exc).__name__}); put the bundle folder there, pass --bundle FOLDER|ZIP, "
-                           "or pass --weights FILE") from None
+            raise PTQError(f"model '{spec.name}': MONAI bundle '{spec.weights.name}' cannot be downloaded "
+                           f"({type(exc).__name__}); put the bundle folder in {bundle_root}, or pass --weights") from None
     if not target.is_file():
         raise PTQError(f"MONAI bundle '{spec.weights.name}' has no {spec.weights.path}")
     if spec.weights.sha256 and file_sha256(target) != spec.weights.sha256:
         raise PTQError(f"MONAI bundle '{spec.weights.name}': {spec.weights.path} does not match the expected checksum")
     return folder
+
+
+def find_release(spec: ModelSpec, weights_dir: str | os.PathLike | None = None) -> Path:
+    """``spec``'s released checkpoint file in ``<cache>/weights/<name>`` (no library downloads these)."""
+    from .artifact import default_cache_root
+
+    folder = Path(weights_dir or default_cache_root() / "weights")
+    path = folder / spec.weights.name
+    if not path.is_file():
+        raise PTQError(f"model '{spec.name}': its weights are the released checkpoint {spec.weights.name} "
+                       f"({spec.weights.url or 'see the authors'}), which is not in {folder}: download it there by hand, "
+                       "or pass --weights FILE")
+    if spec.weights.sha256 and file_sha256(path) != spec.weights.sha256:
+        raise PTQError(f"{path}: does not match the expected checksum of {spec.weights.name}")
+    return path
+
+
+def totalsegmentator_results() -> Path:
+    """Where TotalSegmentator keeps its nnU-Net results folders (``$TOTALSEG_HOME_DIR`` or ``~/.totalsegmentator``)."""
+    home = os.environ.get("TOTALSEG_HOME_DIR")
+    return (Path(home) if home else Path.home() / ".totalsegmentator") / "nnunet" / "results"
+
+
+def find_nnunet_folder(spec: ModelSpec, weights: str | os.PathLike | None = None, download: bool = False) -> Path:
+    """``spec``'s nnU-Net configuration folder (``<dataset>/<Trainer>__<Plans>__<configuration>``): ``weights`` (the
+    dataset folder or the configuration folder), else found in TotalSegmentator's results folder or
+    ``<cache>/nnunet``; with ``download``, fetched by TotalSegmentator's own downloader first."""
+    from .artifact import default_cache_root
+
+    source = spec.weights
+    if weights is not None:
+        path = Path(weights)
+        found = next((c for c in (path / source.path, path) if (c / "plans.json").is_file()), None)
+        if found is None:
+            raise PTQError(f"{path} is not the nnU-Net folder of model '{spec.name}': expected {source.name} (or its "
+                           f"{source.path}) with plans.json inside")
+        return found
+    roots = [totalsegmentator_results(), default_cache_root() / "nnunet"]
+    if download:
+        _download_totalsegmentator(spec)
+    for root in roots:
+        if (root / source.name / source.path / "plans.json").is_file():
+            return root / source.name / source.path
+    raise PTQError(f"model '{spec.name}': its weights are the nnU-Net folder {source.name}/{source.path}, found in none "
+                   f"of {', '.join(map(str, roots))}: pass --weights with the folder, or add --download to fetch it "
+                   "with TotalSegmentator's downloader (pip install TotalSegmentator)")
+
+
+def _download_totalsegmentator(spec: ModelSpec) -> None:
+    """TotalSegmentator's own ``download_pretrained_weights(task_id)`` for a ``DatasetNNN_...`` folder."""
+    try:
+        from totalsegmentator.libs import download_pretrained_weights
+    except ImportError:
+        raise PTQError(f"model '{spec.name}': --download uses TotalSegmentator's downloader: pip install TotalSegmentator, "
+                       f"or download {spec.weights.url or spec.weights.name} by hand and pass --weights") from None
+    try:
+        download_pretrained_weights(int(spec.weights.name[7:10]))
+    except Exception as exc:  # network errors come in many types
+        raise PTQError(f"model '{spec.name}': TotalSegmentator could not download {spec.weights.name} "
+                       f"({type(exc).__name__}); download it by hand and pass --weights") from None
 
 
 def _checkpoint_globals() -> list:
@@ -122,8 +196,8 @@ def load_network(spec: ModelSpec, weights_path: str | os.PathLike | None) -> tor
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise PTQError(f"{Path(weights_path).name} does not fit model '{spec.name}': missing keys {_few(missing)}; "
-                       f"unexpected keys {_few(unexpected)}")
+        raise PTQError(f"{Path(weights_path).name} does not fit model '{spec.name}': missing keys {few_keys(missing)}; "
+                       f"unexpected keys {few_keys(unexpected)}")
     wrong = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
     if wrong:
         k = wrong[0]
@@ -133,7 +207,8 @@ def load_network(spec: ModelSpec, weights_path: str | os.PathLike | None) -> tor
     return network.eval()
 
 
-def _few(keys: list[str], limit: int = 4) -> str:
+def few_keys(keys: list[str], limit: int = 4) -> str:
+    """Up to ``limit`` checkpoint keys for a message ("none" for none, "... and N more" beyond)."""
     if not keys:
         return "none"
     return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")

@@ -141,6 +141,15 @@ class PTQSegmentLogic:
         return sorted(registry())
 
     @staticmethod
+    def modelSummary(name: str) -> str:
+        """A registry model in a few lines for the panel: description, input, weights, label set ("" for "custom")."""
+        from engine_builder.describe import describe_model
+        from engine_builder.models import registry
+
+        spec = registry().get(name)
+        return describe_model(spec) if spec is not None else ""
+
+    @staticmethod
     def backendNames() -> list[str]:
         """``auto`` followed by every backend engine_builder has; which of them work here: ``capabilities()``."""
         return [AUTO_BACKEND, *BACKEND_NAMES]

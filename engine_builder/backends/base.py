@@ -82,6 +82,7 @@ class BuildOptions:
         threads: CPU threads for the runtime (None: all).
         device: ``cpu`` or ``cuda`` for backends that have both.
         keep_float: node names to leave unquantized.
+        network_kind: ``cnn`` or ``transformer`` (the spec's): quantizers with a transformer mode use it.
     """
 
     method: str | None = None
@@ -93,6 +94,7 @@ class BuildOptions:
     device: str = "cpu"
     keep_float: tuple[str, ...] = ()
     progress: bool = True
+    network_kind: str = "cnn"
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -47,6 +47,16 @@ METHODS = {
 }
 
 
+#: Layer types (prefixes of the CPU plugin's names) whose time ``profile`` counts as convolution and as
+#: matrix-multiplication work: the base of the int8 time share. ``FullyConnected`` covers the plugin's int8 variants
+#: (``FullyConnectedQuantizedLegacy``); attention fused into one ScaledDotProductAttention layer counts as matmul work.
+CONV_TYPES = ("Convolution", "ConvolutionBackpropData", "Deconvolution", "GroupConvolution")
+MATMUL_TYPES = ("FullyConnected", "MatMul", "ScaledDotProductAttention")
+#: Graph operations that NNCF never quantizes and that run in float in an INT8 engine (what "stays in float" means
+#: beyond the convolutions and matmuls it left out).
+FLOAT_ONLY_TYPES = ("MVN", "Softmax", "Gelu", "ScaledDotProductAttention", "NormalizeL2", "Exp")
+
+
 def cpu_has_bf16() -> bool:
     """True when OpenVINO's CPU plugin offers bf16 inference (AMX or AVX512-BF16)."""
     capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -122,6 +132,7 @@ class OpenVINOEngine(Engine):
         """
         by_precision: Counter = Counter()
         convolutions: Counter = Counter()
+        matmuls: Counter = Counter()
         for op in self.compiled.get_runtime_model().get_ordered_ops():
             info = op.get_rt_info()
             precision = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "?"
@@ -131,19 +142,27 @@ class OpenVINOEngine(Engine):
             by_precision[precision] += 1
             if layer_type in ("Convolution", "Deconvolution"):
                 convolutions[precision] += 1
+            if layer_type.startswith(MATMUL_TYPES):
+                matmuls[precision] += 1
         report = {"layers_by_precision": dict(by_precision), "convolutions_by_precision": dict(convolutions)}
         if window is not None:
             profile = self.profile(window)
             report["int8_conv_time_share"] = profile.pop("int8_conv_share")
             report["profile"] = profile
+        if matmuls:
+            report["matmuls_by_precision"] = dict(matmuls)
+        if self.precision == "int8":
+            report["float_ops"] = self.float_ops()
         return report
 
     def profile(self, window: np.ndarray, repeats: int = 3) -> dict:
         """Where one window's time goes (OpenVINO PERF_COUNT on a second compilation of the same model).
 
-        Returns ``conv_ms`` (convolutions and transposed convolutions, per window), ``int8_conv_share`` (the part
-        of it in int8 kernels: by time, not by count), ``window_ms`` (sum of all layers) and ``by_layer_type``
-        {"<type> <kernel>": ms}.
+        Returns, per window: ``conv_ms`` (convolutions and transposed convolutions, ``CONV_TYPES``) and
+        ``int8_conv_share`` (the part of it in int8 kernels: by time, not by count); ``matmul_ms`` (fully connected
+        layers, matmuls and fused attention, ``MATMUL_TYPES``) and ``int8_matmul_share``; ``int8_share`` (the int8
+        part of convolution + matmul time together; None when the network has neither); ``window_ms`` (sum of all
+        layers) and ``by_layer_type`` {"<type> <kernel>": ms}, the 12 largest.
         """
         compiled = ov.Core().compile_model(self.model, "CPU", {**self.config, "PERF_COUNT": True})
         request = compiled.create_infer_request()
@@ -154,47 +173,51 @@ class OpenVINOEngine(Engine):
             request.infer(inputs)
             for info in request.get_profiling_info():
                 totals[(info.node_type, info.exec_type)] += info.real_time.total_seconds() * 1e3 / repeats
-        conv = {key: ms for key, ms in totals.items() if key[0] in ("Convolution", "ConvolutionBackpropData", "Deconvolution")}
-        conv_ms = sum(conv.values())
-        int8_ms = sum(ms for (_, kernel), ms in conv.items() if _is_int8_kernel(kernel))
+        conv_ms, conv_int8 = _int8_time(totals, CONV_TYPES)
+        matmul_ms, matmul_int8 = _int8_time(totals, MATMUL_TYPES)
         by_type: Counter = Counter()
         for (node_type, kernel), ms in totals.items():
             by_type[f"{node_type} {kernel}"] += ms
-        return {"conv_ms": round(conv_ms, 2), "int8_conv_share": round(int8_ms / conv_ms, 4) if conv_ms else None,
-                "window_ms": round(sum(totals.values()), 2),
+        both = conv_ms + matmul_ms
+        return {"conv_ms": round(conv_ms, 2), "int8_conv_share": _share(conv_int8, conv_ms),
+                "matmul_ms": round(matmul_ms, 2), "int8_matmul_share": _share(matmul_int8, matmul_ms),
+                "int8_share": _share(conv_int8 + matmul_int8, both), "window_ms": round(sum(totals.values()), 2),
                 "by_layer_type": {k: round(v, 2) for k, v in by_type.most_common(12)}}
 
     def int8_time_share(self, window: np.ndarray) -> float | None:
-        return self.profile(window)["int8_conv_share"]
+        """The int8 share of one window's convolution + matmul time (``profile``'s ``int8_share``)."""
+        return self.profile(window)["int8_share"]
 
     def kept_in_float(self) -> list[str]:
-        """Convolutions of the saved model whose data input does not come from a FakeQuantize (through ops that
-        only move data: the sub-pixel form crops and pads each phase's input after the quantizer)."""
+        """Convolutions of the saved model with no FakeQuantize on their data input, matmuls with an input that is
+        neither quantized (FakeQuantize) nor int8 weights, and fused attention (which NNCF does not quantize)."""
         if self.precision != "int8":
             return []
         kept = []
         for op in self.model.get_ordered_ops():
-            if op.get_type_name() in ("Convolution", "ConvolutionBackpropData", "GroupConvolution", "MatMul"):
-                if not _quantized_input(op):
+            kind = op.get_type_name()
+            if kind in ("Convolution", "ConvolutionBackpropData", "GroupConvolution"):
+                if not _int8_input(op.input_value(0).get_node()):
                     kept.append(op.get_friendly_name())
+            elif kind == "MatMul" and not all(_int8_input(op.input_value(i).get_node()) for i in range(2)):
+                kept.append(op.get_friendly_name())
+            elif kind == "ScaledDotProductAttention":
+                kept.append(op.get_friendly_name())
         return kept
 
-
-def _quantized_input(op) -> bool:
-    """True when ``op``'s data input is a FakeQuantize, possibly behind ops that only move or pad data, or a
-    Concat of such inputs (a U-Net's skip connections: NNCF gives the concatenated tensors one scale)."""
-    return _quantized(op.input_value(0).get_node())
-
-
-def _quantized(source) -> bool:
-    while source.get_type_name() in _DATA_MOVEMENT:
-        source = source.input_value(0).get_node()
-    if source.get_type_name() == "Concat":
-        return all(_quantized(value.get_node()) for value in source.input_values())
-    return source.get_type_name() == "FakeQuantize"
-
-
-_DATA_MOVEMENT = ("Slice", "StridedSlice", "Pad", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Convert")
+    def float_ops(self) -> dict[str, int]:
+        """What runs in float in this INT8 graph, by operation type: the kept convolutions/matmuls/attention
+        (``kept_in_float``) and the operations NNCF never quantizes (``FLOAT_ONLY_TYPES``: normalisations, softmax,
+        GELU). Empty for float engines."""
+        if self.precision != "int8":
+            return {}
+        kept = set(self.kept_in_float())
+        counts: Counter = Counter()
+        for op in self.model.get_ordered_ops():
+            kind = op.get_type_name()
+            if op.get_friendly_name() in kept or kind in FLOAT_ONLY_TYPES:
+                counts[kind] += 1
+        return dict(sorted(counts.items()))
 
 
 class OpenVINOBackend(Backend):
@@ -262,7 +285,7 @@ class OpenVINOBackend(Backend):
             disable_bias_correction=options.bias_correction == "none")
         common = dict(preset=getattr(nncf.QuantizationPreset, PRESETS[preset]), target_device=nncf.TargetDevice.CPU,
                       subset_size=len(batches), fast_bias_correction=options.bias_correction != "full",
-                      ignored_scope=_ignored(options.keep_float))
+                      ignored_scope=_ignored(options.keep_float), model_type=_model_type(options.network_kind))
         with _nncf_progress(options.progress):
             if options.validation is None:
                 return nncf.quantize(model, nncf.Dataset(batches), advanced_parameters=advanced, **common)
@@ -303,6 +326,39 @@ def read_engine_model(folder: Path, name: str):
     except RuntimeError as exc:
         raise PTQError(f"damaged engine {folder}: OpenVINO cannot read {name} "
                        f"({_first_line(exc)}): rebuild the engine with 'ptqseg build'") from None
+
+
+def _int8_time(totals: Counter, layer_types: tuple[str, ...]) -> tuple[float, float]:
+    """(all ms, int8-kernel ms) of the profiled layers of ``layer_types``."""
+    selected = {key: ms for key, ms in totals.items() if key[0].startswith(layer_types)}
+    return sum(selected.values()), sum(ms for (_, kernel), ms in selected.items() if _is_int8_kernel(kernel))
+
+
+def _share(part: float, whole: float) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+#: Operations between a quantized tensor and its consumer that keep it int8 (layout changes, slicing q/k/v out of
+#: one tensor, NNCF's weight dequantization chain).
+_INT8_PRESERVING = ("Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze", "Squeeze", "Gather",
+                    "Split", "VariadicSplit", "Slice", "StridedSlice", "Pad")  # Slice/Pad: the sub-pixel phases' inputs
+
+
+def _int8_input(node) -> bool:
+    """An operation input that runs in int8: a FakeQuantize, a concatenation of such inputs (a U-Net's skip +
+    upsampled features: the CPU plugin concatenates in int8), or weights stored as an int8 constant (NNCF's weight
+    compression: Constant i8/u8 -> Convert -> [Subtract] -> Multiply), through ``_INT8_PRESERVING`` operations."""
+    while True:
+        kind = node.get_type_name()
+        if kind == "FakeQuantize":
+            return True
+        if kind == "Concat":
+            return all(_int8_input(node.input_value(i).get_node()) for i in range(node.get_input_size()))
+        if kind == "Constant":
+            return node.get_element_type().get_type_name() in ("i8", "u8")
+        if kind not in _INT8_PRESERVING:
+            return False
+        node = node.input_value(0).get_node()
 
 
 def _is_int8_kernel(kernel: str) -> bool:
@@ -346,6 +402,14 @@ def _first_line(exc: Exception) -> str:
 
 def _batches(patches: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [pad_batch(patches[i : i + batch_size], batch_size) for i in range(0, len(patches), batch_size)]
+
+
+def _model_type(network_kind: str):
+    """NNCF's transformer model type for networks with attention (MatMul inputs quantized, Softmax/LayerNorm/GELU
+    patterns left in float, SmoothQuant on the MatMuls); None (NNCF's default) for CNNs."""
+    import nncf
+
+    return nncf.ModelType.TRANSFORMER if network_kind == "transformer" else None
 
 
 def _ignored(names):

@@ -23,6 +23,7 @@ import torch
 
 from ..errors import PTQError
 from ..networks.nnunet import NETWORK_CLASSES
+from ..weights import few_keys as _few
 from ..spec import Intensity, ModelSpec, labels_from_names
 from .spec_file import read_document
 
@@ -219,9 +220,12 @@ def _load_weights(network: torch.nn.Module, checkpoints: list[dict], paths: list
         target = network.folds[fold]
         state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in checkpoint["network_weights"].items()}
         expected = target.state_dict()
-        wrong = sorted(set(expected) ^ set(state)) or [k for k in expected if expected[k].shape != state[k].shape]
-        if wrong:
-            raise PTQError(f"{path.parent.name}/{path.name} does not fit the plans' architecture (e.g. {wrong[0]}): "
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        reshaped = [k for k in expected if k in state and expected[k].shape != state[k].shape]
+        if missing or unexpected or reshaped:
+            detail = (f"missing keys {_few(missing)}; unexpected keys {_few(unexpected)}" if missing or unexpected
+                      else f"{len(reshaped)} tensors have other shapes, e.g. {reshaped[0]}")
+            raise PTQError(f"{path.parent.name}/{path.name} does not fit the plans' architecture ({detail}): "
                            f"its trainer {checkpoint.get('trainer_name', '?')} may build its own network, which "
                            "PTQSegment does not run")
         target.load_state_dict(state, strict=True)

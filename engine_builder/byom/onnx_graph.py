@@ -82,6 +82,7 @@ def fixed_graph(model, spec: ModelSpec, batch: int, out: Path, name: str) -> Pat
     import onnx
 
     check_graph(model, spec, batch, name)
+    _drop_initializer_inputs(model)
     value_in, value_out = _real_inputs(model)[0], model.graph.output[0]
     _set_dims(value_in, [batch, spec.in_channels, *spec.roi_size])
     _set_dims(value_out, [batch, len(spec.labels), *spec.roi_size])
@@ -95,6 +96,15 @@ def fixed_graph(model, spec: ModelSpec, batch: int, out: Path, name: str) -> Pat
         raise PTQError(f"{name} is not a valid graph at batch {batch} and ROI {list(spec.roi_size)} "
                        f"({str(exc).splitlines()[0][:200]})") from None
     return out
+
+
+def _drop_initializer_inputs(model) -> None:
+    """Remove graph inputs that are initializers (``keep_initializers_as_inputs`` exports list every weight as an
+    input that may be overridden): the weights stay constants, the one image input remains."""
+    initializers = {init.name for init in model.graph.initializer}
+    kept = [value for value in model.graph.input if value.name not in initializers]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
 
 
 def _set_dims(value, dims: list[int]) -> None:

@@ -6,7 +6,9 @@ that arrives as a graph (ONNX or TorchScript), so without an architecture.
      "labels": [{"value": 0, "name": "background"}, {"value": 1, "name": "liver", "color": [221, 130, 101]}],
      "overlap": 0.25, "in_channels": 1, "modality": "CT"}
 
-Every field is checked (unknown ones refused) with one line naming the field, as for engine manifests.
+``labels`` may also name one of PTQSegment's label tables (``"labels": "btcv"``: ``engine_builder/models/labels/
+<name>.json``, with colours and terminology). Every field is checked (unknown ones refused) with one line naming the
+field, as for engine manifests.
 """
 
 from __future__ import annotations
@@ -59,6 +61,19 @@ def read_spec_file(path: str | Path, source: str) -> ModelSpec:
     missing = [key for key in ("name", "roi_size", "spacing_mm", "intensity", "labels") if key not in data]
     if missing:
         Fields(data, where).fail("is missing", missing[0])
+    if isinstance(data.get("labels"), str):
+        data = {**data, "labels": _table_labels(data["labels"], where)}
     full = {**data, "architecture": "", "arch_args": {}, "source": source,
             "description": data.get("description", f"user's {source} model {data.get('name', '')}")}
     return ModelSpec.from_dict(full, where)
+
+
+def _table_labels(table: str, where: str) -> list:
+    """The labels of the packaged label table ``table`` as spec-file objects; one line naming the known tables."""
+    from ..models import LABEL_TABLES, label_table_data
+
+    known = sorted(path.stem for path in LABEL_TABLES.glob("*.json"))
+    if table not in known:
+        raise PTQError(f"{where}: field 'labels' names {table!r}, which is not a label table "
+                       f"(PTQSegment has {', '.join(known)}); or give the labels as a list")
+    return label_table_data(table)["labels"]
