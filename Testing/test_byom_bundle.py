@@ -192,7 +192,7 @@ def test_logits_against_monai_inferer(tmp_path, bundle, demo_state):
     resampled = tmp_path / "ct_1p5mm.nii.gz"
     affine = grid.affine.copy()  # exactly the bundle's spacing, so that neither side resamples again
     affine[:3, :3] = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0) * np.asarray(DEMO.spacing_mm)
-    write_volume(type(source)(grid.image[0].numpy() * 2000.0 - 1000.0, affine), resampled)
+    write_volume(type(source)(np.asarray(grid.image[0]) * 2000.0 - 1000.0, affine), resampled)
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.json"))
     network = parser.get_parsed_content("network_def")
@@ -203,7 +203,7 @@ def test_logits_against_monai_inferer(tmp_path, bundle, demo_state):
     build = build_engine(BuildRequest(model=CustomModel("bundle", bundle), precision="fp32", progress=False),
                          out=tmp_path / "engine", cache_root=tmp_path / "cache")
     engine, spec, _ = open_engine(build.engine_dir)
-    ours_image = preprocess(read_volume(resampled), spec).image
+    ours_image = torch.as_tensor(np.asarray(preprocess(read_volume(resampled), spec).image))
     ours = _windows(ours_image, engine, spec)
     image_l2 = float(np.linalg.norm(ours_image.numpy() - theirs_image.numpy()) / np.linalg.norm(theirs_image.numpy()))
     logits_l2 = float(np.linalg.norm(ours - theirs) / np.linalg.norm(theirs))

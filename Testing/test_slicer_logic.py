@@ -623,7 +623,9 @@ def test_engine_summary_says_size_precision_and_agreement(engine):
     assert "in int8" in summary["precision"] and "convolutions" in summary["precision"]
     share = engine.manifest["runs_as"]["int8_conv_time_share"]
     assert summary["precision"].endswith(f"; {share:.0%} of convolution time in int8")  # by time, not by count
-    assert "same label as FP32" in summary["agreement"] and "%" in summary["agreement"]
+    accuracy = engine.manifest["accuracy"]
+    assert f"{accuracy['foreground_agreement']:.2%} of foreground voxels get the FP32 label" in summary["agreement"]
+    assert "not calibrated on" in summary["agreement"]  # held-out volumes, said next to the number
     assert summary["stale"] == ""
 
 

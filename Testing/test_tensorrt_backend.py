@@ -50,7 +50,7 @@ def test_plan_mismatch_reasons():
 
 
 def test_info_prints_layers_by_precision_and_rtx_note():
-    from engine_builder.cli import describe_manifest
+    from engine_builder.describe import describe_manifest
 
     manifest = {"spec": {"name": "demo", "architecture": "monai.networks.nets.UNet", "labels": [0, 1]},
                 "backend": "tensorrt-rtx", "backend_version": "tensorrt_rtx_bindings 1.7", "precision": "int8",
