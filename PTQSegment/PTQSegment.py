@@ -21,7 +21,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from PTQSegmentLib import logic as engineLogic
-from PTQSegmentLib.logic import AUTO_BACKEND, CUSTOM_MODEL, PRECISIONS, chosenPath
+from PTQSegmentLib.logic import AUTO_BACKEND, CUSTOM_MODEL, CUSTOM_SOURCE_KINDS, PRECISIONS, chosenPath
 from PTQSegmentLib.panel import JobRunner, reportFailures
 
 #: Milliseconds between two polls of the background process.
@@ -61,12 +61,18 @@ MONAIAuto3DSeg and TotalSegmentator extensions.
 """)
 
 
+#: The "Custom model" kind that is weights for a registry architecture (the others are CUSTOM_SOURCE_KINDS).
+WEIGHTS_KIND = "weights"
+
+
 @parameterNodeWrapper
 class PTQSegmentParameterNode:
     """Everything the panel shows, saved with the scene; every field but ``enginePath`` is bound to its widget by
     the wrapper (``SlicerParameterName`` in the .ui).
 
-    modelName: a registry name, or "custom" (then customArchitecture + weightsPath).
+    modelName: a registry name, or "custom": then customKind says what the user's model is: "weights" (a state dict
+    for customArchitecture, in weightsPath) or one of CUSTOM_SOURCE_KINDS (customModelPath, with specFile for ONNX and
+    TorchScript), as ``ptqseg build --onnx/--torchscript/--bundle/--nnunet``.
     weightsPath / calibrationFolder: chosen files; an unset path is ``Path(".")`` (see ``chosenPath``).
     useSceneVolumes: calibrate on the scene's volumes instead of a folder.
     backend, precision: choices; which ones work here is greyed in by the capabilities answer.
@@ -76,8 +82,11 @@ class PTQSegmentParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     modelName: Annotated[str, Choice([*MODELS, CUSTOM_MODEL])] = "demo"
+    customKind: Annotated[str, Choice([WEIGHTS_KIND, *CUSTOM_SOURCE_KINDS])] = WEIGHTS_KIND
     customArchitecture: Annotated[str, Choice(list(MODELS))] = "demo"
     weightsPath: pathlib.Path
+    customModelPath: pathlib.Path
+    specFile: pathlib.Path
     calibrationFolder: pathlib.Path
     useSceneVolumes: bool = False
     backend: Annotated[str, Choice(list(BACKENDS))] = AUTO_BACKEND
@@ -175,8 +184,15 @@ class PTQSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if parameters is None:
             return
         custom = parameters.modelName == CUSTOM_MODEL
-        for widget in (self.ui.architectureLabel, self.ui.architectureComboBox, self.ui.weightsLabel, self.ui.weightsPathLineEdit):
-            widget.visible = custom
+        weights = custom and parameters.customKind == WEIGHTS_KIND
+        source = custom and not weights
+        for widget, shown in ((self.ui.customKindLabel, custom), (self.ui.customKindComboBox, custom),
+                              (self.ui.architectureLabel, weights), (self.ui.architectureComboBox, weights),
+                              (self.ui.weightsLabel, weights), (self.ui.weightsPathLineEdit, weights),
+                              (self.ui.customPathLabel, source), (self.ui.customPathLineEdit, source),
+                              (self.ui.specLabel, source and parameters.customKind in ("onnx", "torchscript")),
+                              (self.ui.specPathLineEdit, source and parameters.customKind in ("onnx", "torchscript"))):
+            widget.visible = shown
         self.ui.modelComboBox.toolTip = self.logic.modelSummary(parameters.customArchitecture if custom
                                                                 else parameters.modelName) or self._modelTooltip
         self.ui.calibrationPathLineEdit.enabled = not parameters.useSceneVolumes
@@ -302,11 +318,13 @@ class PTQSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             self.capabilitiesNow()  # buildEngine checks the choices against it
             custom = parameters.modelName == CUSTOM_MODEL
+            weights = custom and parameters.customKind == WEIGHTS_KIND
             model = parameters.customArchitecture if custom else parameters.modelName
             job = self.logic.buildEngine(model, calibrationFolder=parameters.calibrationFolder,
-                                         weightsPath=parameters.weightsPath if custom else None, backend=parameters.backend,
+                                         weightsPath=parameters.weightsPath if weights else None, backend=parameters.backend,
                                          precision=parameters.precision, patchesPerVolume=parameters.patchesPerVolume,
-                                         useSceneVolumes=parameters.useSceneVolumes, background=True)
+                                         useSceneVolumes=parameters.useSceneVolumes, background=True,
+                                         customModel=customModelOf(parameters) if custom and not weights else None)
             self.startJob(job, _("Building the engine…"))
 
     def onSegment(self) -> None:
@@ -531,3 +549,10 @@ class PTQSegmentTest(ScriptedLoadableModuleTest):
         self.assertEqual(job_partials(work / "cache" / "engines", job.process.token), [])
         self.assertTrue(widget.ui.buildButton.enabled and not widget.ui.cancelButton.enabled)
         self.delayDisplay("Test passed")
+
+
+def customModelOf(parameters) -> dict:
+    """The Logic's ``customModel`` for the panel's "Custom model" choice (kind, model file or folder, spec file)."""
+    specFile = chosenPath(parameters.specFile)
+    return {"kind": parameters.customKind, "path": str(chosenPath(parameters.customModelPath) or ""),
+            "specFile": str(specFile) if specFile and parameters.customKind in ("onnx", "torchscript") else None}
