@@ -132,7 +132,7 @@ def test_second_identical_build_is_a_quick_cache_hit(int8_build, demo_request, c
 
 
 def test_changed_method_gives_another_key(int8_build, demo_request, cache_root, tmp_path):
-    request = BuildRequest(precision="int8", method="minmax", **demo_request)
+    request = BuildRequest(precision="int8", method="minmax", accuracy_control="off", **demo_request)
     other = build_engine(request, out=tmp_path / "minmax", cache_root=cache_root)
     assert other.cache_hit is False
     assert other.manifest["cache_key"] != int8_build.manifest["cache_key"]

@@ -68,7 +68,7 @@ def _engine(tmp_path_factory, folder: Path, folds: list[str], precision: str = "
 
     out = tmp_path_factory.mktemp("engines") / f"nnunet_{'_'.join(folds)}_{precision}"
     request = BuildRequest(model=CustomModel("nnunet", folder, folds=tuple(folds)), precision=precision, calib=calib,
-                           patches_per_volume=2, progress=False)
+                           patches_per_volume=2, accuracy_control="off", progress=False)
     result = build_engine(request, out=out, cache_root=out.parent / "cache")
     return result, open_engine(result.engine_dir)
 

@@ -24,6 +24,7 @@ from .backends import BuildOptions, FP32Graph, get_backend
 from .backends.base import folder_size
 from .calibration import CalibrationSet, build_calibration_set
 from .errors import PTQError
+from .estimate import unavailable
 from .engines import open_engine, open_reference  # noqa: F401  (the public entry points live there)
 from .export import export_onnx
 from .model_source import CustomModel, ModelSource, resolve
@@ -176,7 +177,8 @@ def _build_into(target: Path, request: BuildRequest, source: ModelSource, backen
             options = request.options(spec)
             with stage("quantize" if request.precision == "int8" else "compile"):
                 engine = backend.build(graph, calibration.patches if calibration else None, request.precision, options)
-            assessment = _assess(backend, graph, calibration, engine, request, options)
+            assessment = _assess(backend, graph, calibration, engine, request, options,
+                                 random_weights=source.kind == "registry" and "weights" not in source.files)
             engine = assessment.engine
             files = engine.save(tmp)
             if assessment.reference is not None:
@@ -247,16 +249,20 @@ class _Assessed:
     warnings: list[str]
 
 
-def _assess(backend, graph: FP32Graph, calibration: CalibrationSet | None, engine, request: BuildRequest, options) -> _Assessed:
+def _assess(backend, graph: FP32Graph, calibration: CalibrationSet | None, engine, request: BuildRequest, options,
+            random_weights: bool = False) -> _Assessed:
     """The held-out-volume estimate (and accuracy control) of a quantized engine; float engines need none."""
     if request.precision == "fp32" or calibration is None:
         return _Assessed(engine, None, None, None, [])
     reference = get_backend("openvino").build(graph, None, "fp32", BuildOptions(threads=request.threads, progress=False))
+    keep = reference if request.precision == "int8" else None
+    if random_weights:  # what INT8 changes in an untrained network says nothing about a trained one
+        return _Assessed(engine, keep, unavailable("random weights (--random-init): this engine measures speed and "
+                                                   "size only, not agreement"), None, [])
     runnable = getattr(engine, "stitch_device", None) is None or torch_cuda_available()
     result = assess(backend, graph, calibration, request.precision, options, engine, reference, request.min_agreement,
                     request.accuracy_control, request.patches_per_volume, request.seed, runnable)
-    return _Assessed(result.engine, reference if request.precision == "int8" else None, result.accuracy,
-                     result.accuracy_control, result.warnings)
+    return _Assessed(result.engine, keep, result.accuracy, result.accuracy_control, result.warnings)
 
 
 def torch_cuda_available() -> bool:
