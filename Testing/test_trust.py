@@ -87,8 +87,9 @@ def test_estimate_catches_what_calibration_patches_miss(tmp_path, cache_root):
 
 
 def test_unreachable_threshold_switches_accuracy_control_on(tmp_path, calib_dir, cache_root):
-    result = build_engine(BuildRequest(model="demo", calib=calib_dir, patches_per_volume=2, min_agreement=0.9995,
-                                       progress=False), out=tmp_path / "engine", cache_root=cache_root)
+    # Two reverted operations at most: the mechanics are the same as the default 8, at a quarter of the build time.
+    result = build_engine(BuildRequest(model="demo", calib=calib_dir, patches_per_volume=1, min_agreement=0.9995,
+                                       max_reverted=2, progress=False), out=tmp_path / "engine", cache_root=cache_root)
     manifest = result.manifest
     control = manifest["accuracy_control"]
     assert control is not None and control["max_drop"] == 0.005
@@ -123,7 +124,8 @@ def test_verify_compares_this_scan_with_the_fp32_reference(tmp_path, int8_build,
     assert verification["passed"] is (verification["foreground_agreement"] >= threshold)
     assert verification["voxels"] > 1000
     assert "verify" in figures["latency_ms"] and figures["latency_ms"]["verify"] > 0
-    assert "verify: seg.nii.gz: INT8 gives the FP32 label to" in result.stdout
+    said = result.stdout if verification["passed"] else result.stderr  # a warning below the threshold
+    assert "seg.nii.gz: INT8 gives the FP32 label to" in said
     refused = run_cli("segment", "--engine", str(fp32_build.engine_dir), "--input", str(small_volumes / "case_22.nii.gz"),
                       "--output", str(tmp_path / "x.nii.gz"), "--verify", "2")
     assert_clean_error(refused, "--verify", "fp32 engine")

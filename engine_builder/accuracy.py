@@ -90,7 +90,8 @@ def _controlled(backend, graph, calibration, precision, options, engine, referen
     keep_options = dataclasses.replace(options, keep_float=tuple(dict.fromkeys([*options.keep_float, *kept])),
                                        max_drop=None, validation=None)
     after = estimate(keep_options)
-    record = {"max_drop": max_drop, "validation_windows": int(len(validation.windows)),
+    record = {"max_drop": max_drop, "max_reverted": options.extra.get("max_reverted"),
+              "validation_windows": int(len(validation.windows)),
               "validation_agreement": validation.agreement(_labels(controlled, validation.windows)),
               "kept_in_float": kept, "estimate_before": _summary(before),
               "window_ms_before": round(before_ms, 1), "window_ms_after": round(after_ms, 1)}

@@ -92,6 +92,9 @@ def make_parser() -> argparse.ArgumentParser:
                        help="where calibration patches are centred: on the body (default), on soft tissue, anywhere")
     build.add_argument("--max-drop", type=float,
                        help="accuracy control: keep harmful layers in float until foreground agreement drops at most this")
+    build.add_argument("--max-reverted", type=int, default=8,
+                       help="accuracy control: at most this many operations go back to float (default 8; each one "
+                            "costs a re-evaluation, so this bounds the build time)")
     build.add_argument("--accuracy-control", default="auto", choices=("auto", "off"),
                        help="auto (default): when the held-out-volume estimate is below --min-agreement, rebuild "
                             "with accuracy control; off: never")
@@ -210,7 +213,7 @@ def cmd_build(args) -> int:
     request = BuildRequest(model=build_model_argument(args), calib=args.calib, weights=args.weights, backend=args.backend,
                            precision=args.precision, method=args.method, preset=args.preset,
                            bias_correction=args.bias_correction, sampling=args.sampling, max_drop=args.max_drop,
-                           accuracy_control=args.accuracy_control, batch_size=args.batch,
+                           accuracy_control=args.accuracy_control, max_reverted=args.max_reverted, batch_size=args.batch,
                            patches_per_volume=args.patches, seed=args.seed, min_agreement=args.min_agreement,
                            keep_float=tuple(args.keep_float), threads=args.threads, device=args.device,
                            allow_random_weights=args.random_init, download=args.download, progress=not args.quiet)

@@ -52,6 +52,7 @@ class BuildRequest:
     sampling: str = "body"
     max_drop: float | None = None
     accuracy_control: str = "auto"
+    max_reverted: int = 8  # accuracy control: at most this many operations back in float (bounds the build time)
     batch_size: int = 1
     patches_per_volume: int = 8
     seed: int = 0
@@ -71,7 +72,8 @@ class BuildRequest:
         """The backend options for building ``spec`` (its network kind picks the quantizer's model type)."""
         return BuildOptions(method=self.method, preset=self.preset, bias_correction=self.bias_correction,
                             max_drop=self.max_drop, threads=self.threads, device=self.device,
-                            keep_float=tuple(self.keep_float), progress=self.progress, network_kind=spec.network_kind)
+                            keep_float=tuple(self.keep_float), progress=self.progress, network_kind=spec.network_kind,
+                            extra={"max_reverted": self.max_reverted})
 
 
 @dataclass
@@ -101,6 +103,8 @@ def check_request(request: BuildRequest) -> tuple[ModelSource, object]:
                        f"choose one of {', '.join(getattr(backend, 'presets', ())) or 'none (it has no presets)'}")
     if request.max_drop is not None and not 0 <= request.max_drop < 1:
         raise PTQError(f"--max-drop must be a fraction between 0 and 1, got {request.max_drop}")
+    if request.max_reverted < 1:
+        raise PTQError(f"--max-reverted must be at least 1, got {request.max_reverted}")
     if request.accuracy_control not in ("auto", "off"):
         raise PTQError(f"--accuracy-control must be auto or off, not '{request.accuracy_control}'")
     if not 0 < request.min_agreement <= 1:
@@ -134,6 +138,7 @@ def build_engine(request: BuildRequest, out: str | Path | None = None, cache_roo
                     method=request.method or backend.default_method, preset=request.preset or _default_preset(backend),
                     bias_correction=request.bias_correction, sampling=request.sampling, max_drop=request.max_drop,
                     accuracy_control=request.accuracy_control if quantized else None, min_agreement=request.min_agreement,
+                    max_reverted=request.max_reverted if quantized else None,
                     backend=backend.name, backend_version=backend.version(), precision=request.precision,
                     batch=request.batch_size, keep_float=sorted(request.keep_float), patches=request.patches_per_volume,
                     seed=request.seed, format=FORMAT_VERSION)

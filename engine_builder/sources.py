@@ -27,7 +27,8 @@ def find_volumes(folder: str | os.PathLike, purpose: str = "calibration folder",
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise PTQError(f"{purpose} {folder} does not exist: pass a folder of volumes (NIfTI, NRRD or DICOM)")
+        state = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise PTQError(f"{purpose} {folder} {state}: pass a folder of volumes (NIfTI, NRRD or DICOM)")
     excluded = Path(exclude).resolve() if exclude is not None else None
     sources: list[Source] = []
     skipped: list[tuple[str, str]] = []

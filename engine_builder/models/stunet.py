@@ -15,7 +15,7 @@ logs beside them, loaded without unpickling code), from ``--weights FILE`` or ``
 it is published on Google Drive / Baidu Netdisk (STU-Net README) and no library downloads it.
 """
 
-from ..networks.stunet import SIZES, TOTALSEGMENTATOR_STRIDES
+from ..networks.stunet_sizes import SIZES, TOTALSEGMENTATOR_STRIDES
 from ..spec import Intensity, ModelSpec, WeightsSource
 from . import label_table
 
