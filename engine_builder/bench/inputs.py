@@ -19,7 +19,7 @@ CHEST_CT = _SHARED_DATA / "chest_ct" / "lung_ct_phase00.nii.gz"
 REAL_CALIBRATION_CTS = (_SHARED_DATA / "totalsegmentator" / "example_ct.nii.gz",
                         _SHARED_DATA / "msd_spleen" / "sub-spleen2_ct.nii.gz")
 CALIBRATION_SEEDS = (101, 102, 103, 104)
-CHEST_CT_KIND = "chest CT (real)"
+CHEST_CT_KIND = "chest CT (real; a training volume of the demo model, not in its calibration)"
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,8 @@ def _volume_section(volume: dict) -> list[str]:
     agreement = volume["agreement_vs_torch_fp32"]
     if agreement and volume["trained"]:
         labels = sorted({name for a in agreement.values() for name in a["dice"]})
-        lines += ["Label maps against torch FP32's (foreground: voxels either map labels as an organ):", "",
+        lines += [f"Label maps against torch FP32's on the {volume.get('kind', 'input')} (foreground: voxels either map "
+                  "labels as an organ; agreement on unseen CTs is in quantization.md):", "",
                   markdown_table(["engine", "foreground agreement", "all voxels", "mean Dice", *labels],
                                  [[LABELS[k], f"{a['foreground_agreement']:.4f}", f"{a['all_voxel_agreement']:.4f}",
                                    "" if a["mean_dice"] is None else f"{a['mean_dice']:.3f}",
