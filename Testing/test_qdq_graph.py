@@ -51,7 +51,7 @@ def _ct_patches(spec, count: int = 8) -> np.ndarray:
     from engine_builder.io import read_volume
     from engine_builder.preprocess import preprocess
 
-    image = preprocess(read_volume(CT), spec).image.numpy().astype(np.float32)
+    image = np.asarray(preprocess(read_volume(CT), spec).image, dtype=np.float32)
     roi = spec.roi_size
     padded = np.pad(image, [(0, 0)] + [(0, max(r - s, 0)) for s, r in zip(image.shape[1:], roi)], constant_values=float(image.min()))
     rng = np.random.default_rng(0)
