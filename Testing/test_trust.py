@@ -146,3 +146,38 @@ def test_bad_recipe_options_are_one_line(tmp_path, calib_dir, flag, value, fragm
     result = run_cli("build", "--model", "demo", "--calib", str(calib_dir), "--out", str(tmp_path / "e"), flag, value)
     assert_clean_error(result, fragment)
     assert not (tmp_path / "e").exists()
+
+
+def test_exclusive_boxes_are_covered_by_their_window_alone():
+    from engine_builder.sliding_window import window_starts
+    from engine_builder.verify import exclusive_boxes
+
+    shape, roi = (240, 183, 221), (96, 96, 96)
+    boxes = exclusive_boxes(shape, roi, 0.25)
+    cover = np.zeros(shape, np.int32)
+    for start in window_starts(shape, roi, 0.25):
+        cover[tuple(slice(s, s + r) for s, r in zip(start, roi))] += 1
+    assert len(boxes) == 18  # 27 windows; the clamped last start on the 183-voxel axis leaves its neighbour nothing
+    for start, box in boxes:
+        assert all(s <= b.start < b.stop <= s + r for s, b, r in zip(start, box, roi))
+        assert (cover[box] == 1).all()
+
+
+def test_stitched_labels_on_exclusive_boxes_are_the_windows_own(int8_engine):
+    """Why --verify need not run the INT8 engine again: where no other window overlaps, the stitched label map is
+    exactly that window's own argmax (a real phantom through the session's INT8 engine)."""
+    from engine_builder.inference import predict_labels
+    from engine_builder.preprocess import preprocess
+    from engine_builder.timing import StageTimer
+    from engine_builder.verify import exclusive_boxes
+
+    engine, spec, _ = int8_engine
+    hu, _, affine = make_phantom(3, shape=(200, 160, 120), spacing_mm=(1.0, 1.0, 2.0))
+    image = np.asarray(preprocess(Volume(hu, affine), spec).image, dtype=np.float32)
+    labels = np.asarray(predict_labels(image, engine, spec, StageTimer()))
+    boxes = exclusive_boxes(labels.shape, spec.roi_size, spec.overlap)
+    assert boxes and all(n >= r for n, r in zip(labels.shape, spec.roi_size))
+    for start, box in boxes:
+        window = image[(slice(None), *(slice(s, s + r) for s, r in zip(start, spec.roi_size)))][None]
+        own = engine.infer_labels(window)[0][tuple(slice(b.start - s, b.stop - s) for b, s in zip(box, start))]
+        assert np.array_equal(own, labels[box]), start

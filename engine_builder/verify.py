@@ -91,18 +91,19 @@ def exclusive_boxes(shape, roi, overlap: float, extent=None) -> list[tuple[tuple
     """(start, box) of every sliding window (``sliding_window.window_starts``) whose part that no other window
     covers is not empty; ``box`` is that part in grid coordinates, clipped to ``extent`` (the unpadded grid)."""
     extent = extent or shape
-    axes = [sorted({start[d] for start in window_starts(shape, roi, overlap)}) for d in range(len(shape))]
+    starts = window_starts(shape, roi, overlap)
+    axes = [sorted({start[d] for start in starts}) for d in range(len(shape))]
     spans = []
-    for starts, r, n in zip(axes, roi, extent):
+    for axis, r, n in zip(axes, roi, extent):
         own = {}
-        for i, a in enumerate(starts):
-            lo = max(a, starts[i - 1] + r) if i else a
-            hi = min(a + r, starts[i + 1]) if i + 1 < len(starts) else a + r
+        for i, a in enumerate(axis):
+            lo = max(a, axis[i - 1] + r) if i else a
+            hi = min(a + r, axis[i + 1]) if i + 1 < len(axis) else a + r
             if min(hi, n) > lo:
                 own[a] = (lo, min(hi, n))
         spans.append(own)
     boxes = []
-    for start in window_starts(shape, roi, overlap):
+    for start in starts:
         if all(a in own for a, own in zip(start, spans)):
             boxes.append((start, tuple(slice(*own[a]) for a, own in zip(start, spans))))
     return boxes
