@@ -64,6 +64,11 @@ class ModelSource:
     notes: list[str] = field(default_factory=list)
     weights_path: Path | None = None
 
+    @property
+    def random_weights(self) -> bool:
+        """A registry network built without weights (``--random-init``): speed and size only."""
+        return self.kind == "registry" and "weights" not in self.files
+
     def fp32_graph(self, folder: str | Path, batch: int):
         """The FP32 graph (``backends.FP32Graph``) for ``batch`` windows per call, written into ``folder``."""
         from .backends import FP32Graph

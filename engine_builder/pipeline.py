@@ -131,7 +131,7 @@ def build_engine(request: BuildRequest, out: str | Path | None = None, cache_roo
                                             cache_dir=cache_root / "calibration", progress=request.progress,
                                             sampling=request.sampling)
     quantized = request.precision == "int8"
-    model_key = source.files.get("weights", "random-init") if source.kind == "registry" else \
+    model_key = ("random-init" if source.random_weights else source.files["weights"]) if source.kind == "registry" else \
         {"source": source.kind, "files": source.files}
     key = cache_key(weights=model_key, spec=spec.fingerprint(),
                     calibration=calibration.set_hash if calibration else None,
@@ -183,7 +183,7 @@ def _build_into(target: Path, request: BuildRequest, source: ModelSource, backen
             with stage("quantize" if request.precision == "int8" else "compile"):
                 engine = backend.build(graph, calibration.patches if calibration else None, request.precision, options)
             assessment = _assess(backend, graph, calibration, engine, request, options,
-                                 random_weights=source.kind == "registry" and "weights" not in source.files)
+                                 random_weights=source.random_weights)
             engine = assessment.engine
             files = engine.save(tmp)
             if assessment.reference is not None:
