@@ -50,7 +50,9 @@ def settings_table(figures: dict) -> str:
 
 def per_ct_table(figures: dict, setting: str) -> str:
     row = next(r for r in figures["settings"] if r["setting"] == setting)
-    rows = [[name, _pct(v["foreground_agreement"]), _num(v["mean_dice"]), _num(v["min_dice"])]
+    roles = {"example_ct": " (a training volume of the demo model)", "chest_ct": " (a training volume of the demo model)",
+             "head": " (unseen, outside the model's domain)"}
+    rows = [[name + roles.get(name, " (unseen)"), _pct(v["foreground_agreement"]), _num(v["mean_dice"]), _num(v["min_dice"])]
             for name, v in row["per_ct"].items()]
     return markdown_table(["held-out CT", "fg agreement INT8 vs FP32", "mean per-label Dice", "worst label Dice"], rows)
 
