@@ -12,6 +12,7 @@ build uses random weights (``--random-init``): atomicity does not depend on the 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -29,7 +30,8 @@ from conftest import REPO, run_cli
 from engine_builder.artifact import commit_dir, read_manifest, remove_stale_partials, temporary_dir_for
 from engine_builder.errors import PTQError
 from engine_builder.models import get_spec
-from engine_builder.pipeline import BuildRequest, build_engine, open_engine
+from engine_builder.calibration import CalibrationSet
+from engine_builder.pipeline import BuildRequest, build_engine, build_key, check_request, open_engine
 
 
 def _partials(parent: Path) -> list[Path]:
@@ -131,11 +133,31 @@ def test_second_identical_build_is_a_quick_cache_hit(int8_build, demo_request, c
     assert _partials(tmp_path) == []
 
 
+def test_each_setting_is_in_the_key():
+    """The cache key changes with every build setting (computed without building)."""
+    request = BuildRequest(model="demo", calib="calib", patches_per_volume=2, progress=False)
+    source, backend = check_request(request)
+    calibration = CalibrationSet(volumes=[], set_hash="0" * 64)
+    key = build_key(request, source, backend, calibration)
+    assert key == build_key(BuildRequest(**vars(request)), source, backend, calibration)
+    changes = {"method": "minmax", "preset": "performance", "bias_correction": "none", "sampling": "tissue",
+               "max_drop": 0.01, "accuracy_control": "off", "max_reverted": 3, "estimate": False, "batch_size": 2,
+               "patches_per_volume": 4, "seed": 1, "min_agreement": 0.9, "keep_float": ("conv",), "precision": "bf16"}
+    keys = {name: build_key(dataclasses.replace(request, **{name: value}), source, backend, calibration)
+            for name, value in changes.items()}
+    assert key not in keys.values() and len(set(keys.values())) == len(keys), keys
+    other_set = dataclasses.replace(calibration, set_hash="1" * 64)
+    assert build_key(request, source, backend, other_set) != key
+
+
 def test_changed_method_gives_another_key(int8_build, demo_request, cache_root, tmp_path):
-    request = BuildRequest(precision="int8", method="minmax", accuracy_control="off", **demo_request)
+    request = BuildRequest(precision="int8", method="minmax", accuracy_control="off", estimate=False, **demo_request)
     other = build_engine(request, out=tmp_path / "minmax", cache_root=cache_root)
     assert other.cache_hit is False
     assert other.manifest["cache_key"] != int8_build.manifest["cache_key"]
+    # Built without the held-out estimate (--no-estimate): the manifest says so instead of a figure.
+    assert other.manifest["accuracy"]["kind"] == "unavailable" and "--no-estimate" in other.manifest["accuracy"]["reason"]
+    assert int8_build.manifest["accuracy"]["kind"] == "held_out_volumes"
     assert other.manifest["calibration"]["method"] == "minmax"
     assert int8_build.manifest["calibration"]["method"] == "mean_minmax"
     # Same calibration set, same weights: only the method differs.

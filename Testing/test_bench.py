@@ -37,7 +37,7 @@ def bench_run(tmp_path_factory, cache_root):
     out = folder / "benchmarks"
     figures = run_benchmark(models=["demo"], volume=volume, calib=calib_dir, repeats=1, fresh_repeats=1,
                             warm_repeats=1, out_dir=out, cache_root=cache_root, progress=False,
-                            build_options={"patches_per_volume": 2, "accuracy_control": "off"})
+                            build_options={"patches_per_volume": 2, "estimate": False})
     return figures, out
 
 

@@ -77,7 +77,7 @@ def graphs(tmp_path_factory, demo_network) -> dict:
 def _build(tmp_path, *args, precision="fp32"):
     out = tmp_path / f"engine_{precision}"
     result = run_cli("build", *args, "--precision", precision, "--out", str(out), "--cache", str(tmp_path / "cache"),
-                     "--patches", "2", "--accuracy-control", "off", "--quiet")
+                     "--patches", "2", "--no-estimate", "--quiet")
     return result, out
 
 

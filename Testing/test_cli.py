@@ -100,6 +100,12 @@ def test_unknown_model_lists_valid_names(tmp_path, calib_dir):
     _assert_no_engine(out)
 
 
+def test_accuracy_control_without_the_estimate_is_refused(tmp_path, calib_dir):
+    result, out = _build(tmp_path, "--calib", str(calib_dir), "--no-estimate", "--max-drop", "0.01")
+    assert_clean_error(result, "--max-drop", "--no-estimate")
+    _assert_no_engine(out)
+
+
 def test_unknown_method_lists_valid_ones(tmp_path, calib_dir):
     result, out = _build(tmp_path, "--calib", str(calib_dir), "--method", "magic")
     line = assert_clean_error(result, "unknown calibration method 'magic'")

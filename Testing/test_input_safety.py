@@ -217,10 +217,15 @@ def test_stale_partial_files_are_removed_by_the_next_run(scan, tmp_path, int8_bu
     assert [p.name for p in (cache / "calibration").iterdir() if p.name.startswith(".")] == []
 
 
-def test_quiet_build_prints_no_progress_bars(tmp_path, calib_dir):
+def test_quiet_build_prints_no_progress_bars(tmp_path):
+    calib_dir = tmp_path / "calib"  # two small phantoms: the estimate's two folds run too, and must be quiet
+    calib_dir.mkdir()
+    for seed in (41, 42):
+        write_phantom(calib_dir / f"phantom_{seed}.nii.gz", seed, shape=(64, 64, 32), spacing=(3.0, 3.0, 4.0))
     result = run_cli("build", "--model", "demo", "--calib", str(calib_dir), "--patches", "1", "--out",
                      str(tmp_path / "e"), "--cache", str(tmp_path / "cache"), "--accuracy-control", "off", "--quiet")
     assert result.returncode == 0, result.stderr
     for noise in ("Statistics collection", "Applying", "calibration:", "it/s", "%|"):
         assert noise not in result.stdout + result.stderr, noise
     assert "built engine" in result.stdout
+    assert "on 2 calibration volumes the engine was not calibrated on" in result.stdout  # the estimate ran, quietly

@@ -263,8 +263,9 @@ def test_ctrl_c_stops_workers_and_leaves_no_half_written_output(cohort, single_p
     command = [sys.executable, "-m", "engine_builder.cli", "--progress", "json", "segment", "--engine",
                str(int8_build.engine_dir), "--input", str(cohort), "--output", str(target), "--workers", "2"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    workers = []
+    workers, seen = [], []
     for line in process.stdout:
+        seen.append(line.strip()[:160])
         event = json.loads(line) if line.startswith("{") else {}
         if event.get("stage") == "volumes" and event.get("done", 0) >= 1:
             workers = [p for p in psutil.Process(process.pid).children() if "worker" in p.cmdline()]
@@ -273,6 +274,7 @@ def test_ctrl_c_stops_workers_and_leaves_no_half_written_output(cohort, single_p
             break
     started = time.monotonic()
     _, stderr = process.communicate(timeout=60)
+    assert workers, f"the run ended (exit {process.returncode}) before a volume was reported done; last lines: {seen[-6:]}"
     assert process.returncode == 130, stderr
     assert time.monotonic() - started < 30
     assert "interrupted" in stderr and "Traceback" not in stderr

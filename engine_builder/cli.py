@@ -98,6 +98,9 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument("--accuracy-control", default="auto", choices=("auto", "off"),
                        help="auto (default): when the held-out-volume estimate is below --min-agreement, rebuild "
                             "with accuracy control; off: never")
+    build.add_argument("--no-estimate", dest="estimate", action="store_false",
+                       help="skip the held-out-volume estimate (quicker builds while trying settings; the manifest "
+                            "then says 'not measured', and accuracy control cannot run)")
     build.add_argument("--keep-float", nargs="*", default=[], help="node names to leave unquantized")
     build.add_argument("--batch", type=int, default=1, help="windows per engine call (static batch)")
     build.add_argument("--patches", type=int, default=8, help="calibration patches per volume")
@@ -213,10 +216,11 @@ def cmd_build(args) -> int:
     request = BuildRequest(model=build_model_argument(args), calib=args.calib, weights=args.weights, backend=args.backend,
                            precision=args.precision, method=args.method, preset=args.preset,
                            bias_correction=args.bias_correction, sampling=args.sampling, max_drop=args.max_drop,
-                           accuracy_control=args.accuracy_control, max_reverted=args.max_reverted, batch_size=args.batch,
-                           patches_per_volume=args.patches, seed=args.seed, min_agreement=args.min_agreement,
-                           keep_float=tuple(args.keep_float), threads=args.threads, device=args.device,
-                           allow_random_weights=args.random_init, download=args.download, progress=not args.quiet)
+                           accuracy_control=args.accuracy_control, max_reverted=args.max_reverted, estimate=args.estimate,
+                           batch_size=args.batch, patches_per_volume=args.patches, seed=args.seed,
+                           min_agreement=args.min_agreement, keep_float=tuple(args.keep_float), threads=args.threads,
+                           device=args.device, allow_random_weights=args.random_init, download=args.download,
+                           progress=not args.quiet)
     result = build_engine(request, out=args.out, cache_root=args.cache)
     emit("result", engine_dir=str(result.engine_dir), cache_hit=result.cache_hit, warnings=result.warnings)
     print(("reused cached engine " if result.cache_hit else "built engine ") + str(result.engine_dir))

@@ -53,6 +53,7 @@ class BuildRequest:
     max_drop: float | None = None
     accuracy_control: str = "auto"
     max_reverted: int = 8  # accuracy control: at most this many operations back in float (bounds the build time)
+    estimate: bool = True  # the held-out-volume estimate of a quantized engine (off: "not measured", a quicker build)
     batch_size: int = 1
     patches_per_volume: int = 8
     seed: int = 0
@@ -105,6 +106,8 @@ def check_request(request: BuildRequest) -> tuple[ModelSource, object]:
         raise PTQError(f"--max-drop must be a fraction between 0 and 1, got {request.max_drop}")
     if request.max_reverted < 1:
         raise PTQError(f"--max-reverted must be at least 1, got {request.max_reverted}")
+    if request.max_drop is not None and not request.estimate:
+        raise PTQError("--max-drop (accuracy control) is judged by the held-out estimate: drop --no-estimate")
     if request.accuracy_control not in ("auto", "off"):
         raise PTQError(f"--accuracy-control must be auto or off, not '{request.accuracy_control}'")
     if not 0 < request.min_agreement <= 1:
@@ -130,18 +133,7 @@ def build_engine(request: BuildRequest, out: str | Path | None = None, cache_roo
         calibration = build_calibration_set(request.calib, spec, request.patches_per_volume, seed=request.seed,
                                             cache_dir=cache_root / "calibration", progress=request.progress,
                                             sampling=request.sampling)
-    quantized = request.precision == "int8"
-    model_key = ("random-init" if source.random_weights else source.files["weights"]) if source.kind == "registry" else \
-        {"source": source.kind, "files": source.files}
-    key = cache_key(weights=model_key, spec=spec.fingerprint(),
-                    calibration=calibration.set_hash if calibration else None,
-                    method=request.method or backend.default_method, preset=request.preset or _default_preset(backend),
-                    bias_correction=request.bias_correction, sampling=request.sampling, max_drop=request.max_drop,
-                    accuracy_control=request.accuracy_control if quantized else None, min_agreement=request.min_agreement,
-                    max_reverted=request.max_reverted if quantized else None,
-                    backend=backend.name, backend_version=backend.version(), precision=request.precision,
-                    batch=request.batch_size, keep_float=sorted(request.keep_float), patches=request.patches_per_volume,
-                    seed=request.seed, format=FORMAT_VERSION)
+    key = build_key(request, source, backend, calibration)
     cached = cache_root / "engines" / key
     target = Path(out) if out else cached
     for candidate in (target, cached):
@@ -155,6 +147,23 @@ def build_engine(request: BuildRequest, out: str | Path | None = None, cache_roo
     if target != cached:
         copy_engine(target, cached)
     return BuildResult(target, manifest, cache_hit=False, warnings=warnings)
+
+
+def build_key(request: BuildRequest, source: ModelSource, backend, calibration: CalibrationSet | None) -> str:
+    """The engine cache key: everything in ``request`` that changes the engine or its manifest."""
+    quantized = request.precision == "int8"
+    model_key = ("random-init" if source.random_weights else source.files["weights"]) if source.kind == "registry" else \
+        {"source": source.kind, "files": source.files}
+    return cache_key(weights=model_key, spec=source.spec.fingerprint(),
+                     calibration=calibration.set_hash if calibration else None,
+                     method=request.method or backend.default_method, preset=request.preset or _default_preset(backend),
+                     bias_correction=request.bias_correction, sampling=request.sampling, max_drop=request.max_drop,
+                     accuracy_control=request.accuracy_control if quantized else None,
+                     min_agreement=request.min_agreement, max_reverted=request.max_reverted if quantized else None,
+                     estimate=request.estimate if request.precision != "fp32" else None,
+                     backend=backend.name, backend_version=backend.version(), precision=request.precision,
+                     batch=request.batch_size, keep_float=sorted(request.keep_float),
+                     patches=request.patches_per_volume, seed=request.seed, format=FORMAT_VERSION)
 
 
 def _finished_engine(folder: Path) -> dict:
@@ -264,6 +273,9 @@ def _assess(backend, graph: FP32Graph, calibration: CalibrationSet | None, engin
     if random_weights:  # what INT8 changes in an untrained network says nothing about a trained one
         return _Assessed(engine, keep, unavailable("random weights (--random-init): this engine measures speed and "
                                                    "size only, not agreement"), None, [])
+    if not request.estimate:
+        return _Assessed(engine, keep, unavailable("built with --no-estimate: not measured at build time; "
+                                                   "'ptqseg segment --verify N' checks each scan"), None, [])
     runnable = getattr(engine, "stitch_device", None) is None or torch_cuda_available()
     result = assess(backend, graph, calibration, request.precision, options, engine, reference, request.min_agreement,
                     request.accuracy_control, request.patches_per_volume, request.seed, runnable)

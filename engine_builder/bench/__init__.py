@@ -46,7 +46,7 @@ def run_benchmark(models=DEFAULT_MODELS, volume: str | Path | None = None, calib
         cache_root: engine and calibration cache (default ``$PTQSEG_CACHE`` or ``~/.cache/ptqsegment``).
         volume_models: models run on the whole volume (empty: none).
         build_options: ``BuildRequest`` fields for every engine beyond the defaults a user gets (e.g. a quick
-            ``{"patches_per_volume": 2, "accuracy_control": "off"}`` in tests); recorded in the figures.
+            ``{"patches_per_volume": 2, "estimate": False}`` in tests); recorded in the figures.
     """
     from ..artifact import default_cache_root
     from .inputs import backend_keys, build_engines, calibration_folder, volume_input, weights_for
