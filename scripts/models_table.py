@@ -32,7 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "Testing"))
 
-from engine_builder.bench import cpu_flags, interleaved_ms, machine_info, versions  # noqa: E402
+from engine_builder.bench.chart import COLORS  # noqa: E402
+from engine_builder.bench.common import LABELS  # noqa: E402
+from engine_builder.bench.machine import cpu_flags, machine_info, versions  # noqa: E402
+from engine_builder.bench.windows import interleaved_ms  # noqa: E402
 
 JSON_OUT = REPO / "docs" / "benchmarks" / "models.json"
 DOC = REPO / "docs" / "models.md"
@@ -91,7 +94,7 @@ def measure(name: str, weights: str | None, repeats: int, work: Path) -> dict:
     for precision in precisions:
         started = time.perf_counter()
         built[precision] = build_engine(BuildRequest(model=name, calib=calib, weights=weights, precision=precision,
-                                                     patches_per_volume=1, allow_random_weights=weights is None,
+                                                     patches_per_volume=1, allow_random_weights=weights is None, accuracy_control="off",
                                                      progress=False), out=work / precision, cache_root=work / "cache")
         seconds[precision] = round(time.perf_counter() - started, 1)
     engines = {p: open_engine(b.engine_dir)[0] for p, b in built.items()}
@@ -128,6 +131,10 @@ def tensorrt_rtx_status(name: str, work: Path) -> dict:
     from engine_builder.export import export_onnx
     from engine_builder.models import get_spec
 
+    import onnx
+
+    from engine_builder.backends.modelopt_qdq import folded_for_modelopt
+
     spec = get_spec(name)
     network = spec.build_network()
     started = time.perf_counter()
@@ -135,11 +142,15 @@ def tensorrt_rtx_status(name: str, work: Path) -> dict:
     patches = build_calibration_set(calibration_folder(spec, work), spec, 1, cache_dir=work / "calibration",
                                     progress=False).patches
     engine = TensorRTRTXBackend().build(graph, patches, "int8", BuildOptions(method="max", extra={"build_only": True}))
+    seconds = round(time.perf_counter() - started, 1)
     engine.save(work)
     report = engine.runtime_report()
+    nodes = [len(onnx.load(str(path), load_external_data=False).graph.node)  # the export, and what ModelOpt gets
+             for path in (graph.onnx_path, folded_for_modelopt(graph.onnx_path, work))]
     return {"status": "built", "plan_bytes": (work / PLAN_FILE).stat().st_size,
             "quantized_ops": report["graph"]["quantized_ops"], "quantizer": report["graph"]["quantizer"],
-            "seconds": round(time.perf_counter() - started, 1), "library": report.get("version")}
+            "seconds": seconds, "library": report.get("library_version"), "onnx_nodes": nodes[0],
+            "modelopt_nodes": nodes[1]}
 
 
 def child_main(args) -> int:
@@ -171,6 +182,7 @@ def run_child(name: str, args, deadline: float) -> dict:
         record = json.loads(result.read_text()) if result.is_file() else {
             "name": name, "status": f"failed (exit {process.returncode}): "
                                     f"{(process.stderr.strip().splitlines() or ['no message'])[-1][:200]}"}
+    record.setdefault("name", name)
     record.setdefault("status", "measured")
     record.update(seconds=round(time.monotonic() - started, 1), load_average=[before, load_average()])
     return record
@@ -201,6 +213,50 @@ def _row(record: dict, trt: dict | None) -> list[str]:
             share, latency, speedup, trt_text, floats, published]
 
 
+def targets_summary(records: list[dict]) -> list[str]:
+    """The issue's speed and size targets checked against the measured rows (accuracy needs trained weights)."""
+    measured = [r for r in records if r.get("status") == "measured"]
+    if not measured:
+        return ["No model was measured."]
+    share = min(measured, key=lambda r: r["int8_share"])
+    ratios = {r["name"]: r["engine_bytes"]["int8"] / r["engine_bytes"]["fp32"] for r in measured}
+    cnn = [r["name"] for r in measured if r["network_kind"] == "cnn"]
+    worst_cnn = max(cnn, key=ratios.get) if cnn else None
+    missing = [r["name"] for r in records if r.get("status") != "measured"]
+    lines = [f"Targets, on these rows ({len(measured)} of {len(records)} measured"
+             + (f"; not measured: {', '.join(missing)}" if missing else "") + "):",
+             f"- int8 share of convolution + matmul time >= 80 %: "
+             f"{'met' if share['int8_share'] >= 0.8 else 'missed'} for "
+             f"{sum(r['int8_share'] >= 0.8 for r in measured)} of {len(measured)} (lowest: `{share['name']}` "
+             f"{share['int8_share']:.0%}).",
+             f"- INT8 engine <= 0.3x FP32 for every CNN: "
+             + (f"{'met' if ratios[worst_cnn] <= 0.3 else 'missed'} (largest: `{worst_cnn}` {ratios[worst_cnn]:.2f}x); "
+                if worst_cnn else "no CNN measured; ")
+             + f"the transformers: {', '.join(f'`{n}` {ratios[n]:.2f}x' for n in ratios if n not in cnn) or '-'}.",
+             "- held-out agreement >= 0.98 where the weights are trained: not measurable here (random weights)."]
+    return lines
+
+
+def tensorrt_rtx_note(section: dict | None) -> list[str]:
+    """What the TensorRT-RTX column is, from the ``--tensorrt-rtx`` run's figures."""
+    if not section:
+        return ["TensorRT-RTX column: `scripts/models_table.py --tensorrt-rtx` has not been run at these sizes.", ""]
+    built = [r for r in section["models"] if r.get("status") == "built"]
+    seconds = ", ".join(f"`{r['name']}` {r['seconds']:.0f} s" + (
+        f" (graph folded {r['onnx_nodes']} -> {r['modelopt_nodes']} nodes)" if r.get("modelopt_nodes") else "*")
+        for r in built)
+    if any(not r.get("modelopt_nodes") for r in built):
+        seconds += " (*: measured before ModelOpt was given the folded graph)"
+    return [f"TensorRT-RTX column (`scripts/models_table.py --tensorrt-rtx`, {section['created'][:10]}, "
+            f"{built[0]['quantizer'] if built else 'ModelOpt'}"
+            + (f", TensorRT-RTX {built[0]['library']}" if built and built[0].get("library") else "") + "): "
+            f"{len(built)} of {len(section['models'])} published-size graphs quantized to Q/DQ by ModelOpt and built "
+            "into a TensorRT-RTX plan on this machine, which has no GPU (build only: these plans were never executed; "
+            "TensorRT-RTX runs on RTX GPUs, not on the H100/H200 lent here). Quantize + build time, load average "
+            f"{section.get('load_average_range')} for the rows of the last run: "
+            f"{seconds or '-'}.", ""]
+
+
 def render(figures: dict) -> str:
     """The marked section of docs/models.md."""
     from engine_builder.evaluate import markdown_table
@@ -223,11 +279,61 @@ def render(figures: dict) -> str:
              + f"Load average during the run: {figures['load_average_range']} (other work on the 2 cores slows every "
                "figure alike within a row).", "",
              markdown_table(header, [_row(r, trt.get(r["name"])) for r in figures["models"]]), "",
+             "![One window per model and engine; INT8 size ratio and int8 share](benchmarks/models.png)", "",
+             *targets_summary(figures["models"]), "",
              "Study column: the MedPTQ study's own TensorRT engines (github.com/hrlblab/PTQ README, \"Performance\"): its "
              "networks are its own trainings (its U-Net and TransUNet on BTCV with 14 classes, SwinUNETR, SegResNet, nnU-Net "
              "and VISTA3D on TotalSegmentator V2), on a GPU the README does not name, so its sizes compare with ours only "
-             "roughly and its latencies not at all; it publishes no STU-Net figures.", "", MARKERS[1]]
+             "roughly and its latencies not at all; it publishes no STU-Net figures.", "",
+             *tensorrt_rtx_note(figures.get("tensorrt_rtx")), MARKERS[1]]
     return "\n".join(lines)
+
+
+CHART = REPO / "docs" / "benchmarks" / "models.png"
+
+
+def render_chart(figures: dict, path: Path = CHART) -> None:
+    """Left: one window per model and engine (log scale, median with min-max); right: INT8 engine size as a
+    fraction of FP32 and the int8 share of convolution + matmul time, beside the issue's 0.3x and 80 % lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [r for r in figures["models"] if r.get("status") == "measured"]
+    names = [r["name"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5))
+    keys = [k for k in LABELS if any(k in r["latency_ms"] for r in rows)]  # the bench chart's engines and colours
+    width = 0.8 / max(len(keys), 1)
+    for i, key in enumerate(keys):
+        xs = np.arange(len(rows)) + (i - (len(keys) - 1) / 2) * width
+        samples = [r["latency_samples_ms"].get(key, [np.nan]) for r in rows]
+        med = np.array([np.median(s) for s in samples])
+        err = [med - [min(s) for s in samples], [max(s) for s in samples] - med]
+        left.bar(xs, med, width, yerr=err, capsize=2, label=LABELS[key], color=COLORS[key])
+    left.set_yscale("log")
+    left.set_xticks(range(len(rows)), names, rotation=20, ha="right", fontsize=8)
+    left.set_ylabel("ms per window at the model's ROI (median, min-max), log")
+    left.set_title("One window, random weights (speed only)")
+    left.legend(fontsize=8)
+    xs = np.arange(len(rows))
+    ratio = [r["engine_bytes"]["int8"] / r["engine_bytes"]["fp32"] for r in rows]
+    share = [r["int8_share"] if r["int8_share"] is not None else np.nan for r in rows]
+    right.bar(xs - 0.2, ratio, 0.4, label="INT8 / FP32 engine size", color="#ff7f0e")
+    right.bar(xs + 0.2, share, 0.4, label="int8 share of conv + matmul time", color="#2ca02c")
+    right.axhline(0.3, color="#ff7f0e", linestyle="--", linewidth=1, label="target: size <= 0.3 (CNNs)")
+    right.axhline(0.8, color="#2ca02c", linestyle="--", linewidth=1, label="target: int8 share >= 0.8")
+    right.set_xticks(xs, names, rotation=20, ha="right", fontsize=8)
+    right.set_ylim(0, 1.35)
+    right.set_title("Size and int8 execution")
+    right.legend(fontsize=8, loc="upper left", ncol=2)
+    machine = figures["machine"]
+    fig.suptitle(f"scripts/models_table.py, {figures['created'][:10]}: {machine['cpu']}, {machine['logical_cores']} "
+                 f"cores; OpenVINO {figures['versions']['openvino']}, NNCF {figures['versions']['nncf']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def write_doc(figures: dict) -> None:
@@ -236,6 +342,7 @@ def write_doc(figures: dict) -> None:
     if start < 0 or end < 0:
         raise SystemExit(f"{DOC} has no {MARKERS[0]} ... {MARKERS[1]} section")
     DOC.write_text(text[:start] + render(figures) + text[end + len(MARKERS[1]):], encoding="utf-8")
+    render_chart(figures)
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -267,7 +374,11 @@ def main() -> int:
     loads = [value for r in records for pair in r.get("load_average", []) for value in pair[:1]]
     section = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "budget_min": args.budget_min, "models": records,
                "load_average_range": [min(loads), max(loads)] if loads else None}
-    if args.tensorrt_rtx:
+    if args.tensorrt_rtx:  # rows of models not run this time are kept, with their own dates
+        earlier = {r["name"]: {**r, "created": r.get("created", figures["tensorrt_rtx"]["created"])}
+                   for r in figures.get("tensorrt_rtx", {}).get("models", [])}
+        now = {r["name"]: {**r, "created": section["created"]} for r in records}
+        section["models"] = [now.get(name) or earlier[name] for name in ORDER if name in now or name in earlier]
         figures["tensorrt_rtx"] = section
     else:
         figures.update(section, machine={**machine_info(None), "flags": cpu_flags()}, versions=versions(),
