@@ -152,37 +152,3 @@ def test_onnxruntime_runs_qdq_graph_and_agrees_with_fp32(demo, method):
         agreements.append(float((a == b).mean()))
     assert np.mean(agreements) >= 0.98, agreements
 
-
-def test_folding_for_modelopt_is_exact_and_shrinks_shape_arithmetic(tmp_path):
-    """The graph ModelOpt quantizes has its constant shape arithmetic folded (ModelOpt's clean-up is quadratic in
-    the node count): same outputs bit for bit, fewer nodes, standard ONNX operators only; not done where
-    ``--keep-float`` names nodes (folding may rename them)."""
-    import torch
-
-    class WindowMixer(torch.nn.Module):  # shape arithmetic from x.shape, as Swin's window partition has
-        def __init__(self):
-            super().__init__()
-            self.conv = torch.nn.Conv3d(1, 4, 3, padding=1)
-            self.mix = torch.nn.Linear(8, 8)
-
-        def forward(self, x):
-            y = self.conv(x)
-            n, c, d, h, w = y.shape
-            windows = y.reshape(n, c, d // 2, 2, h // 2, 2, w // 2, 2).permute(0, 2, 4, 6, 1, 3, 5, 7)
-            mixed = self.mix(windows.reshape(n, d * h * w // 8, c, 8)).reshape(n, d // 2, h // 2, w // 2, c, 2, 2, 2)
-            return mixed.permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(n, c, d, h, w)
-
-    torch.manual_seed(0)
-    original = tmp_path / "mixer.onnx"
-    torch.onnx.export(WindowMixer().eval(), torch.zeros(1, 1, 8, 8, 8), str(original), input_names=["image"],
-                      dynamo=False, opset_version=17, do_constant_folding=False)
-    folded = modelopt_qdq.folded_for_modelopt(original, tmp_path)
-    assert folded != original
-    before, after = onnx.load(str(original)).graph.node, onnx.load(str(folded)).graph.node
-    assert len(after) < len(before) / 2, (len(before), len(after))
-    assert all(node.domain in ("", "ai.onnx") for node in after)
-    x = np.random.default_rng(0).random((1, 1, 8, 8, 8), dtype=np.float32)
-    outputs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
-               for p in (original, folded)]
-    assert np.array_equal(outputs[0], outputs[1])
-    assert modelopt_qdq.folded_for_modelopt(original, tmp_path, keep_float=("/conv/Conv",)) == original

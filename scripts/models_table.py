@@ -5,6 +5,9 @@
     python scripts/models_table.py --tensorrt-rtx       # in the TensorRT-RTX venv: Q/DQ graph + TensorRT-RTX build
                                                         # status per model, merged into the same JSON
     python scripts/models_table.py --render             # only redraw docs/models.md from docs/benchmarks/models.json
+    python scripts/models_table.py --json docs/benchmarks/models_xeon.json --models unet ...
+                                                        # another machine's table (its own section and chart);
+                                                        # rows of models not run this time are kept
 
 Per model (``SEEDS``, cheapest first): parameters; OpenVINO FP32 and INT8 engines built by ``pipeline.build_engine``
 from one calibration volume (random weights unless ``--weights NAME=PATH``: random weights measure speed and size
@@ -167,7 +170,7 @@ def run_child(name: str, args, deadline: float) -> dict:
     left = deadline - time.monotonic()
     before = load_average()
     if left < 60:
-        return {"name": name, "status": "not measured here (too slow on 2 cores: the time budget was spent)"}
+        return {"name": name, "status": f"not measured here (too slow on {os.cpu_count()} cores: the time budget was spent)"}
     with tempfile.TemporaryDirectory() as scratch:
         result = Path(scratch) / "result.json"
         command = [sys.executable, __file__, "--child", name, "--result", str(result), "--repeats", str(args.repeats)]
@@ -177,7 +180,8 @@ def run_child(name: str, args, deadline: float) -> dict:
         try:
             process = subprocess.run(command, capture_output=True, text=True, timeout=left)
         except subprocess.TimeoutExpired:
-            return {"name": name, "status": f"not measured here (too slow on 2 cores: over the {left / 60:.0f} min left)",
+            return {"name": name, "status": f"not measured here (too slow on {os.cpu_count()} cores: over the "
+                                            f"{left / 60:.0f} min left)",
                     "load_average": [before, load_average()]}
         record = json.loads(result.read_text()) if result.is_file() else {
             "name": name, "status": f"failed (exit {process.returncode}): "
@@ -204,7 +208,8 @@ def _row(record: dict, trt: dict | None) -> list[str]:
     sizes, ms = record["engine_bytes"], record["latency_ms"]
     ratio = sizes["int8"] / sizes["fp32"]
     latency = " / ".join(f"{ms[k]:.0f}" for k in ("torch_fp32", "openvino_fp32", "openvino_bf16", "openvino_int8") if k in ms)
-    speedup = f"{ms['torch_fp32'] / ms['openvino_int8']:.1f}x / {ms['openvino_fp32'] / ms['openvino_int8']:.1f}x"
+    speedup = " / ".join(f"{ms[k] / ms['openvino_int8']:.1f}x" for k in ("torch_fp32", "openvino_fp32", "openvino_bf16")
+                         if k in ms)
     share = f"{record['int8_share']:.0%}" + (f" (matmul {record['int8_matmul_share']:.0%})"
                                              if record.get("int8_matmul_share") is not None else "")
     floats = ", ".join(f"{k} {v}" for k, v in record["float_ops"].items()) or "nothing"
@@ -257,42 +262,57 @@ def tensorrt_rtx_note(section: dict | None) -> list[str]:
             f"{seconds or '-'}.", ""]
 
 
-def render(figures: dict) -> str:
-    """The marked section of docs/models.md."""
+def markers(json_path: Path) -> tuple[str, str]:
+    """The docs/models.md markers of the section drawn from ``json_path`` (models.json: the main table)."""
+    stem = json_path.stem
+    return MARKERS if stem == JSON_OUT.stem else (f"<!-- models-table:{stem} -->", f"<!-- /models-table:{stem} -->")
+
+
+def render(figures: dict, json_path: Path = JSON_OUT) -> str:
+    """The marked section of docs/models.md drawn from ``figures`` (read from ``json_path``)."""
     from engine_builder.evaluate import markdown_table
 
-    trt = {r["name"]: r for r in figures.get("tensorrt_rtx", {}).get("models", [])}
+    trt_section = figures.get("tensorrt_rtx")
+    trt = {r["name"]: r for r in (trt_section or {}).get("models", [])}
     bf16 = any("openvino_bf16" in r.get("latency_ms", {}) for r in figures["models"])
     header = ["model", "network, labels, ROI", "parameters", "engine FP32 / INT8 MB (ratio)",
               "int8 share of conv+matmul time", "one window ms: torch FP32 / OV FP32 / " + ("OV bf16 / " if bf16 else "") + "OV INT8",
-              "INT8 vs torch / vs OV FP32", "TensorRT-RTX Q/DQ build", "stays in float (INT8 graph ops)",
-              "study: TensorRT FP32 / INT8 engine, one window"]
+              "INT8 vs torch / vs OV FP32" + (" / vs OV bf16" if bf16 else ""), "TensorRT-RTX Q/DQ build",
+              "stays in float (INT8 graph ops)", "study: TensorRT FP32 / INT8 engine, one window"]
+    rows = [_row(r, trt.get(r["name"])) for r in figures["models"]]
+    if not trt_section:  # a table of another machine: the TensorRT-RTX builds are the main table's
+        header.pop(7)
+        for row in rows:
+            row.pop(7)
     machine = figures["machine"]
-    lines = [MARKERS[0], "",
-             f"Generated by `scripts/models_table.py` on {figures['created'][:10]} ({machine['cpu']}, "
+    chart = chart_path(json_path)
+    created = sorted({r.get("created", figures["created"])[:10] for r in figures["models"]})
+    lines = [markers(json_path)[0], "",
+             f"Generated by `scripts/models_table.py` on {', '.join(created)} ({machine['cpu']}, "
              f"{machine['logical_cores']} cores, {', '.join(k for k, v in machine['flags'].items() if v) or 'no AVX flags read'}; "
              f"OpenVINO {figures['versions']['openvino']}, NNCF {figures['versions']['nncf']}, torch {figures['versions']['torch']}); "
-             f"every figure in [`docs/benchmarks/models.json`](benchmarks/models.json). **Random weights: speed and size "
+             f"every figure in [`docs/benchmarks/{json_path.name}`](benchmarks/{json_path.name}). **Random weights: speed and size "
              "only** (no published checkpoint can be downloaded here), published sizes, one calibration volume, "
              f"latency medians of {figures['settings']['repeats']} interleaved repeats of one window. "
              + ("" if bf16 else "No bf16 column: this CPU has no bf16 (neither AVX512-BF16 nor AMX). ")
-             + f"Load average during the run: {figures['load_average_range']} (other work on the 2 cores slows every "
-               "figure alike within a row).", "",
-             markdown_table(header, [_row(r, trt.get(r["name"])) for r in figures["models"]]), "",
-             "![One window per model and engine; INT8 size ratio and int8 share](benchmarks/models.png)", "",
+             + f"Load average during the run: {figures['load_average_range']} (other work on the {machine['logical_cores']} "
+               "cores slows every figure alike within a row).", "",
+             markdown_table(header, rows), "",
+             f"![One window per model and engine; INT8 size ratio and int8 share](benchmarks/{chart.name})", "",
              *targets_summary(figures["models"]), "",
              "Study column: the MedPTQ study's own TensorRT engines (github.com/hrlblab/PTQ README, \"Performance\"): its "
              "networks are its own trainings (its U-Net and TransUNet on BTCV with 14 classes, SwinUNETR, SegResNet, nnU-Net "
              "and VISTA3D on TotalSegmentator V2), on a GPU the README does not name, so its sizes compare with ours only "
              "roughly and its latencies not at all; it publishes no STU-Net figures.", "",
-             *tensorrt_rtx_note(figures.get("tensorrt_rtx")), MARKERS[1]]
+             *(tensorrt_rtx_note(trt_section) if json_path == JSON_OUT else []), markers(json_path)[1]]
     return "\n".join(lines)
 
 
-CHART = REPO / "docs" / "benchmarks" / "models.png"
+def chart_path(json_path: Path) -> Path:
+    return REPO / "docs" / "benchmarks" / f"{json_path.stem}.png"
 
 
-def render_chart(figures: dict, path: Path = CHART) -> None:
+def render_chart(figures: dict, path: Path) -> None:
     """Left: one window per model and engine (log scale, median with min-max); right: INT8 engine size as a
     fraction of FP32 and the int8 share of convolution + matmul time, beside the issue's 0.3x and 80 % lines."""
     import matplotlib
@@ -336,16 +356,34 @@ def render_chart(figures: dict, path: Path = CHART) -> None:
     plt.close(fig)
 
 
-def write_doc(figures: dict) -> None:
+def write_doc(figures: dict, json_path: Path = JSON_OUT) -> None:
+    """Redraw the section of ``json_path`` in docs/models.md (a new one goes after the main table) and its chart."""
     text = DOC.read_text(encoding="utf-8")
-    start, end = text.find(MARKERS[0]), text.find(MARKERS[1])
+    first, last = markers(json_path)
+    start, end = text.find(first), text.find(last)
     if start < 0 or end < 0:
-        raise SystemExit(f"{DOC} has no {MARKERS[0]} ... {MARKERS[1]} section")
-    DOC.write_text(text[:start] + render(figures) + text[end + len(MARKERS[1]):], encoding="utf-8")
-    render_chart(figures)
+        if json_path == JSON_OUT or text.find(MARKERS[1]) < 0:
+            raise SystemExit(f"{DOC} has no {first} ... {last} section")
+        start = end = text.find(MARKERS[1]) + len(MARKERS[1])
+        text = text[:start] + "\n\n" + text[start:]
+        start = end = start + 2
+        last = ""
+    DOC.write_text(text[:start] + render(figures, json_path) + text[end + len(last):], encoding="utf-8")
+    render_chart(figures, chart_path(json_path))
 
 
 # ---------------------------------------------------------------------------------------------------- main
+def merged(earlier: dict | None, now: dict) -> list[dict]:
+    """``now``'s rows, and ``earlier``'s rows of the models not run this time, each with the date it was measured."""
+    rows = {r["name"]: {**r, "created": r.get("created", earlier["created"])} for r in (earlier or {}).get("models", [])}
+    rows.update({r["name"]: {**r, "created": now["created"]} for r in now["models"]})
+    return [rows[name] for name in ORDER if name in rows]
+
+
+def _same_machine(machine: dict) -> tuple:
+    return machine.get("cpu"), machine.get("logical_cores"), tuple(sorted((machine.get("flags") or {}).items()))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(ORDER))
@@ -354,14 +392,16 @@ def main() -> int:
     parser.add_argument("--budget-min", type=float, default=30.0, help="minutes for all models together")
     parser.add_argument("--tensorrt-rtx", action="store_true", help="TensorRT-RTX build status (run in its venv)")
     parser.add_argument("--render", action="store_true", help="only redraw docs/models.md from the JSON")
+    parser.add_argument("--json", type=Path, default=JSON_OUT, help="the figures file (and so the section and chart)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--weights-path", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child_main(args)
+    json_path = args.json.resolve()
     if args.render:
-        write_doc(json.loads(JSON_OUT.read_text()))
+        write_doc(json.loads(json_path.read_text()), json_path)
         return 0
     args.weights = dict(item.split("=", 1) for item in args.weights)
     deadline = time.monotonic() + args.budget_min * 60
@@ -370,23 +410,22 @@ def main() -> int:
         print(f"[models-table {time.strftime('%H:%M:%S')}] {name} (load {load_average()})", flush=True)
         records.append(run_child(name, args, deadline))
         print(f"  -> {records[-1].get('status')} in {records[-1].get('seconds', 0):.0f} s", flush=True)
-    figures = json.loads(JSON_OUT.read_text()) if JSON_OUT.is_file() else {}
+    figures = json.loads(json_path.read_text()) if json_path.is_file() else {}
     loads = [value for r in records for pair in r.get("load_average", []) for value in pair[:1]]
     section = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "budget_min": args.budget_min, "models": records,
                "load_average_range": [min(loads), max(loads)] if loads else None}
-    if args.tensorrt_rtx:  # rows of models not run this time are kept, with their own dates
-        earlier = {r["name"]: {**r, "created": r.get("created", figures["tensorrt_rtx"]["created"])}
-                   for r in figures.get("tensorrt_rtx", {}).get("models", [])}
-        now = {r["name"]: {**r, "created": section["created"]} for r in records}
-        section["models"] = [now.get(name) or earlier[name] for name in ORDER if name in now or name in earlier]
-        figures["tensorrt_rtx"] = section
+    machine = {**machine_info(None), "flags": cpu_flags()}
+    if args.tensorrt_rtx:
+        figures["tensorrt_rtx"] = {**section, "models": merged(figures.get("tensorrt_rtx"), section)}
     else:
-        figures.update(section, machine={**machine_info(None), "flags": cpu_flags()}, versions=versions(),
+        if figures.get("machine") and _same_machine(figures["machine"]) != _same_machine(machine):
+            figures = {}  # rows of another CPU are not merged into this one's table
+        figures.update(section, models=merged(figures, section), machine=machine, versions=versions(),
                        settings={"repeats": args.repeats, "models": args.models, "weights": args.weights})
-    JSON_OUT.parent.mkdir(parents=True, exist_ok=True)
-    JSON_OUT.write_text(json.dumps(figures, indent=1, default=float) + "\n")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(figures, indent=1, default=float) + "\n")
     if "models" in figures:
-        write_doc(figures)
+        write_doc(figures, json_path)
     return 0
 
 

@@ -81,7 +81,7 @@ def prepare_graph(fp32_onnx: Path, out: Path, precision: str, calibration_patche
         if method not in METHODS:
             raise PTQError(f"unknown calibration method '{method}' for tensorrt: choose one of {', '.join(METHODS)}")
         with scratch_dir() as folder:
-            quantizer = _quantize_modelopt(folded_for_modelopt(fp32_onnx, Path(folder), keep_float), out,
+            quantizer = _quantize_modelopt(folded_for_modelopt(fp32_onnx, Path(folder)), out,
                                            calibration_patches, method, keep_float)
         if quantizer is None:
             quantizer = _quantize_nncf(fp32_onnx, out, calibration_patches, keep_float)
@@ -99,37 +99,26 @@ def prepare_graph(fp32_onnx: Path, out: Path, precision: str, calibration_patche
     return inspect_graph(onnx.load(str(out)), quantizer)
 
 
-def folded_for_modelopt(fp32_onnx: Path, folder: Path, keep_float: tuple[str, ...] = ()) -> Path:
-    """``fp32_onnx`` with its constant shape arithmetic folded (ONNX Runtime's basic, exact graph optimizations),
-    for ModelOpt, whose AutoCast clean-up is quadratic in the node count (SwinUNETR at the CI width: 9283 nodes,
-    most of them shape computations and constants; scripts/modelopt_profile.py). The original is returned where
-    folding is unavailable, fails, leaves an operator outside the standard ONNX domain, or could rename a node
-    that ``keep_float`` names."""
-    if keep_float:
-        return fp32_onnx
-    try:
-        import onnx
-        import onnxruntime as ort
+def folded_for_modelopt(fp32_onnx: Path, folder: Path) -> Path:
+    """``fp32_onnx`` with its constant shape arithmetic folded, for ModelOpt, whose AutoCast clean-up is quadratic
+    in the node count (SwinUNETR at the CI width: 9283 nodes, most of them shape computations and constants;
+    scripts/modelopt_profile.py). Folding keeps node names and never stores a value larger than the constants it
+    replaces (``constant_folding``), so ``--keep-float`` names and plan sizes are those of the export. The original
+    is returned where the graph cannot be folded."""
+    import onnx
 
+    from .constant_folding import fold_constants
+
+    try:
+        model = onnx.load(str(fp32_onnx))
+        before = len(model.graph.node)
+        model = fold_constants(model)
         folded = folder / "folded.onnx"
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        options.optimized_model_filepath = str(folded)
-        ort.InferenceSession(str(fp32_onnx), options, providers=["CPUExecutionProvider"])
-        model = onnx.load(str(folded))
-    except Exception as exc:  # noqa: BLE001  no ONNX Runtime, or a graph it cannot load: quantize the original
+        onnx.save(model, str(folded))
+    except Exception as exc:  # noqa: BLE001  a graph the folder cannot handle: quantize the original
         log.info("graph not folded before ModelOpt (%s)", str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
         return fp32_onnx
-    if any(node.domain not in ("", "ai.onnx") for node in model.graph.node):
-        return fp32_onnx
-    used = {node.domain for node in model.graph.node}
-    keep = [o for o in model.opset_import if o.domain in used or o.domain in ("", "ai.onnx")]
-    del model.opset_import[:]
-    model.opset_import.extend(keep)
-    onnx.save(model, str(folded))
-    if log.isEnabledFor(logging.INFO):  # the original is read again only to say how much folding removed
-        before = len(onnx.load(str(fp32_onnx), load_external_data=False).graph.node)
-        log.info("graph folded for ModelOpt: %d -> %d nodes", before, len(model.graph.node))
+    log.info("graph folded for ModelOpt: %d -> %d nodes", before, len(model.graph.node))
     return folded
 
 
