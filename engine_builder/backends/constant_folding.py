@@ -49,7 +49,8 @@ def _fold_once(original, small: int):
     model.CopyFrom(original)
     graph = model.graph
     shapes = _static_shapes(original)
-    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    inputs = {i.name for i in graph.input}  # an initializer that is also an input is a default, not a constant
+    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer if init.name not in inputs}
     stored = set(values)  # names whose value the folded graph holds as an initializer
     opset = {o.domain or "": o.version for o in model.opset_import}
     kept = []
@@ -76,6 +77,7 @@ def _fold_once(original, small: int):
                 node.input[index] = same[name]
     initializers = [numpy_helper.from_array(np.asarray(values[name]), name)
                     for name in sorted(needed & stored - produced) if name not in same]
+    initializers += [init for init in original.graph.initializer if init.name in inputs]
     del graph.node[:]
     graph.node.extend(kept)
     del graph.initializer[:]
