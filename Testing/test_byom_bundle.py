@@ -114,7 +114,7 @@ def bundle(tmp_path_factory, demo_state) -> Path:
 def _build(tmp_path, *args, precision="fp32", env=None):
     out = tmp_path / f"engine_{precision}"
     result = run_cli("build", *args, "--precision", precision, "--out", str(out), "--cache", str(tmp_path / "cache"),
-                     "--patches", "2", "--accuracy-control", "off", "--quiet", env=env)
+                     "--patches", "2", "--no-estimate", "--quiet", env=env)
     return result, out
 
 
