@@ -218,6 +218,22 @@ def fake_capabilities(**backends) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- nodes and geometry
+def test_panel_lists_the_study_networks_with_their_label_sets():
+    """The model list of the panel is the registry: the study's eight networks, each with its label set and where
+    its weights come from in the summary the panel shows."""
+    from engine_builder.models import get_spec
+    from registry_small import SEEDS
+
+    names = PTQSegmentLogic.modelNames()
+    assert set(SEEDS) <= set(names) and len(SEEDS) == 8
+    for name in SEEDS:
+        spec = get_spec(name)
+        summary = PTQSegmentLogic.modelSummary(name)
+        foreground = [label.name for label in sorted(spec.labels, key=lambda label: label.value) if label.value != 0]
+        assert f"Labels ({len(foreground)}): {foreground[0]}" in summary, (name, summary[:300])
+        assert "Weights: " in summary
+
+
 def test_volume_node_round_trip_keeps_voxels_and_oblique_geometry(scene):
     volume = phantom_volume(1)
     node = add_volume_node(scene, volume)
