@@ -151,4 +151,3 @@ def test_onnxruntime_runs_qdq_graph_and_agrees_with_fp32(demo, method):
         b = quantized.run(None, {"image": patch[None]})[0].argmax(1)
         agreements.append(float((a == b).mean()))
     assert np.mean(agreements) >= 0.98, agreements
-

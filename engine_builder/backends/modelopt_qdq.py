@@ -103,7 +103,8 @@ def folded_for_modelopt(fp32_onnx: Path, folder: Path) -> Path:
     """``fp32_onnx`` with its constant shape arithmetic folded, for ModelOpt, whose AutoCast clean-up is quadratic
     in the node count (SwinUNETR at the CI width: 9283 nodes, most of them shape computations and constants;
     scripts/modelopt_profile.py). Folding keeps node names and never stores a value larger than the constants it
-    replaces (``constant_folding``), so ``--keep-float`` names and plan sizes are those of the export. The original
+    replaces (``constant_folding``), so ``--keep-float`` names stay valid and the stored constants stay about those
+    of the export. The original
     is returned where the graph cannot be folded."""
     import onnx
 
