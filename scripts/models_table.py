@@ -134,10 +134,19 @@ def tensorrt_rtx_status(name: str, work: Path) -> dict:
     from engine_builder.export import export_onnx
     from engine_builder.models import get_spec
 
-    import onnx
+    import logging
 
-    from engine_builder.backends.modelopt_qdq import folded_for_modelopt
+    class FoldCount(logging.Handler):  # the node counts the build itself logs when it folds the graph for ModelOpt
+        nodes: tuple = (None, None)
 
+        def emit(self, record):
+            if record.msg.startswith("graph folded for ModelOpt"):
+                self.nodes = record.args
+
+    folding_log = logging.getLogger("engine_builder.backends.modelopt_qdq")
+    handler = FoldCount(logging.INFO)
+    folding_log.addHandler(handler)
+    folding_log.setLevel(logging.INFO)
     spec = get_spec(name)
     network = spec.build_network()
     started = time.perf_counter()
@@ -146,14 +155,13 @@ def tensorrt_rtx_status(name: str, work: Path) -> dict:
                                     progress=False).patches
     engine = TensorRTRTXBackend().build(graph, patches, "int8", BuildOptions(method="max", extra={"build_only": True}))
     seconds = round(time.perf_counter() - started, 1)
+    folding_log.removeHandler(handler)
     engine.save(work)
     report = engine.runtime_report()
-    nodes = [len(onnx.load(str(path), load_external_data=False).graph.node)  # the export, and what ModelOpt gets
-             for path in (graph.onnx_path, folded_for_modelopt(graph.onnx_path, work))]
     return {"status": "built", "plan_bytes": (work / PLAN_FILE).stat().st_size,
             "quantized_ops": report["graph"]["quantized_ops"], "quantizer": report["graph"]["quantizer"],
-            "seconds": seconds, "library": report.get("library_version"), "onnx_nodes": nodes[0],
-            "modelopt_nodes": nodes[1]}
+            "seconds": seconds, "library": report.get("library_version"), "onnx_nodes": handler.nodes[0],
+            "modelopt_nodes": handler.nodes[1]}
 
 
 def child_main(args) -> int:
