@@ -102,7 +102,14 @@ def test_shared_constants_are_stored_once():
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [150, 200])],
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [150, 200])],
                               [table, starts, ends])
-    folded = fold_constants(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    original = model.SerializeToString()
+    folded = fold_constants(model)
+    assert model.SerializeToString() == original  # the caller's model is left as it was
     assert [node.name for node in folded.graph.node] == ["add0", "add1"]
     assert len(folded.graph.initializer) == 1 and list(folded.graph.initializer[0].dims) == [150, 200]
     assert folded.graph.node[0].input[1] == folded.graph.node[1].input[1]
+    # An initializer that is also a graph input is a default the caller may replace: nothing computed from it folds.
+    graph.input.append(helper.make_tensor_value_info("table", onnx.TensorProto.INT64, [200, 200]))
+    folded = fold_constants(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert len(folded.graph.node) == 6 and "table" in {init.name for init in folded.graph.initializer}

@@ -32,23 +32,24 @@ def fold_constants(model, small: int = SMALL, max_passes: int = 8):
     ``Shape``/``Size`` of tensors with static shapes are constants. Node names, the nodes left, inputs and
     outputs are unchanged; nodes no output depends on any more are removed. Passes repeat (at most
     ``max_passes``) while they remove nodes."""
-    folded = model
+    import onnx
+
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
     for _ in range(max_passes):  # a folded Reshape shape lets shape inference find shapes it could not before
         before = len(folded.graph.node)
-        folded = _fold_once(folded, small)
+        _fold_once(folded, small)
         if len(folded.graph.node) == before:
             break
     return folded
 
 
-def _fold_once(original, small: int):
-    import onnx
+def _fold_once(model, small: int) -> None:
+    """One pass of ``fold_constants`` over ``model``, in place."""
     from onnx import numpy_helper
 
-    model = onnx.ModelProto()
-    model.CopyFrom(original)
     graph = model.graph
-    shapes = _static_shapes(original)
+    shapes = _static_shapes(model)
     inputs = {i.name for i in graph.input}  # an initializer that is also an input is a default, not a constant
     values = {init.name: numpy_helper.to_array(init) for init in graph.initializer if init.name not in inputs}
     stored = set(values)  # names whose value the folded graph holds as an initializer
@@ -77,13 +78,12 @@ def _fold_once(original, small: int):
                 node.input[index] = same[name]
     initializers = [numpy_helper.from_array(np.asarray(values[name]), name)
                     for name in sorted(needed & stored - produced) if name not in same]
-    initializers += [init for init in original.graph.initializer if init.name in inputs]
+    initializers += [init for init in graph.initializer if init.name in inputs]
     del graph.node[:]
     graph.node.extend(kept)
     del graph.initializer[:]
     graph.initializer.extend(initializers)
     del graph.value_info[:]  # shapes of removed tensors; re-inferred by whoever needs them
-    return model
 
 
 def _static_shapes(model) -> dict[str, tuple[int, ...]]:
