@@ -100,14 +100,10 @@ def test_two_node_job_with_a_killed_actor(cluster, int8_build, tmp_path):
     target = tmp_path / "out"
     tasks = [Task(Source(p), target / f"{p.name}_seg.nii.gz", p.name) for p in sorted(cohort.iterdir())]
     executor = RayExecutor(int8_build.engine_dir, cluster.address, workers=2, threads=1, retries=2)
-    killed, listening, finished = [], [], set()
+    killed, listening = [], []
 
     def kill_the_other_actor(outcome):
-        # Only an actor that has already finished a volume is killed, so that both nodes have rows in the report
-        # whether or not the replacement actor starts before the survivor has done the rest.
-        finished.add(outcome.worker)
-        held = {name: names for name, names in executor.running().items()
-                if name != outcome.worker and name in finished and names}
+        held = {name: names for name, names in executor.running().items() if name != outcome.worker}
         if not killed and held:
             listening.extend(_sockets_off_loopback())  # while the cluster and both actors are up
             os.kill(int(next(iter(held)).rsplit(":", 1)[1]), signal.SIGKILL)
