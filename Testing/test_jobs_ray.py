@@ -6,8 +6,10 @@ checks with psutil that every socket Ray's processes listen on, or talk to, is o
 segments six real CTs (``../shared/data``, copied to a temporary folder) with two actors spread over the two nodes;
 when the first volume is back, the other actor's process is killed (SIGKILL) while it holds volumes. Checked:
 every output is present and equal voxel for voxel to the single-process run, the killed actor's volumes are
-retried (status ``retried``, two attempts, the dead actor named), both nodes appear in the CSV report, no temporary
-is left, the actors' CPUs are free again and the cluster still runs tasks; a second run skips all six.
+retried (status ``retried``, two attempts, the dead actor named), the two actors ran on the two nodes (Ray's
+``SPREAD``: the killed one and the one that answered first; the report's rows name no other node; whether the
+replacement actor runs a volume before the survivor has done the rest depends on the machine's load, so the report
+alone is not asked to name both), no temporary is left, the actors' CPUs are free again and the cluster still runs tasks; a second run skips all six.
 
 Skipped where Ray is not installed, except under ``PTQSEG_REQUIRE_RAY=1`` (CI's Ray step), where that fails.
 """
@@ -100,7 +102,7 @@ def test_two_node_job_with_a_killed_actor(cluster, int8_build, tmp_path):
     target = tmp_path / "out"
     tasks = [Task(Source(p), target / f"{p.name}_seg.nii.gz", p.name) for p in sorted(cohort.iterdir())]
     executor = RayExecutor(int8_build.engine_dir, cluster.address, workers=2, threads=1, retries=2)
-    killed, listening = [], []
+    killed, listening, nodes = [], [], set()
 
     def kill_the_other_actor(outcome):
         held = {name: names for name, names in executor.running().items() if name != outcome.worker}
@@ -108,6 +110,7 @@ def test_two_node_job_with_a_killed_actor(cluster, int8_build, tmp_path):
             listening.extend(_sockets_off_loopback())  # while the cluster and both actors are up
             os.kill(int(next(iter(held)).rsplit(":", 1)[1]), signal.SIGKILL)
             killed.append(next(iter(held)))
+            nodes.update({outcome.worker.rsplit(":", 1)[0], killed[0].rsplit(":", 1)[0]})
 
     report = run_job(tasks, executor, progress=False, report_path=tmp_path / "report.csv", on_outcome=kill_the_other_actor)
 
@@ -129,7 +132,8 @@ def test_two_node_job_with_a_killed_actor(cluster, int8_build, tmp_path):
         rows = list(csv.DictReader(handle))
     assert [r["input"] for r in rows] == [t.name for t in tasks]
     assert {r["status"] for r in rows} <= {"ok", "retried"} and sum(r["status"] == "retried" for r in rows) == len(retried)
-    assert len({r["node"] for r in rows}) == 2, "both nodes ran volumes"
+    assert len(nodes) == 2, f"the two actors were on one node: {nodes}"
+    assert {r["node"] for r in rows} <= nodes
     assert all(float(r["seconds"]) > 0 for r in rows)
 
     deadline = time.monotonic() + 30

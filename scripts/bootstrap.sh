@@ -38,6 +38,10 @@ fi
 
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
     echo "[bootstrap] installing PTQSegment${extras:+[$extras]} into $venv" >&2
-    "${pip[@]}" install -e "$root${extras:+[$extras]}"
+    # Keep the torch just installed: an extra that pulls torchvision (timm, via nnU-Net's network classes) would
+    # otherwise take the newest torchvision and, with it, a newer CUDA build of torch (several GB).
+    constraints="$venv/ptqseg-constraints.txt"
+    "$venv/bin/python" -c "from importlib.metadata import version; print('torch==' + version('torch'))" > "$constraints"
+    "${pip[@]}" install -c "$constraints" -e "$root${extras:+[$extras]}"
     touch "$stamp"
 fi
