@@ -9,7 +9,8 @@ every output is present and equal voxel for voxel to the single-process run, the
 retried (status ``retried``, two attempts, the dead actor named), the two actors ran on the two nodes (Ray's
 ``SPREAD``: the killed one and the one that answered first; the report's rows name no other node; whether the
 replacement actor runs a volume before the survivor has done the rest depends on the machine's load, so the report
-alone is not asked to name both), no temporary is left, the actors' CPUs are free again and the cluster still runs tasks; a second run skips all six.
+alone is not asked to name both), no temporary is left, the actors' CPUs are free again and the cluster still runs
+tasks; a second run skips all six.
 
 Skipped where Ray is not installed, except under ``PTQSEG_REQUIRE_RAY=1`` (CI's Ray step), where that fails.
 """
