@@ -69,7 +69,7 @@ def _compare_folding(fp32: Path, scratch: Path, patches) -> None:
 
     from engine_builder.backends import modelopt_qdq
 
-    rtx = _tensorrt_rtx() is not None
+    trt = _tensorrt_rtx()
     for label, graph in (("unfolded", fp32), ("folded", modelopt_qdq.folded_for_modelopt(fp32, scratch))):
         out = scratch / f"qdq_{label}.onnx"
         started = time.perf_counter()
@@ -83,7 +83,7 @@ def _compare_folding(fp32: Path, scratch: Path, patches) -> None:
             elements[kind] = elements.get(kind, 0) + int(np.prod(tensor.dims, dtype=np.int64))
         print(f"{label}: ModelOpt {seconds:.0f} s, {len(model.graph.node)} nodes, {len(report.quantized)} ops quantized, "
               f"{len(report.kept_in_float)} kept in float, constants (elements) {dict(sorted(elements.items()))}"
-              + (f", TensorRT-RTX plan {_plan_bytes(out) / 1e6:.1f} MB" if rtx else ""), flush=True)
+              + (f", TensorRT-RTX plan {_plan_bytes(trt, out) / 1e6:.1f} MB" if trt else ""), flush=True)
 
 
 def _tensorrt_rtx():
@@ -97,11 +97,11 @@ def _tensorrt_rtx():
         return None
 
 
-def _plan_bytes(graph: Path) -> int:
+def _plan_bytes(trt, graph: Path) -> int:
     from engine_builder.backends import BuildOptions
     from engine_builder.backends.tensorrt import build_plan
 
-    return len(build_plan(_tensorrt_rtx(), graph, 1, BuildOptions(method="max", extra={"build_only": True})))
+    return len(build_plan(trt, graph, 1, BuildOptions(method="max", extra={"build_only": True})))
 
 
 if __name__ == "__main__":
